@@ -1,0 +1,138 @@
+"""The scorer interface every model family implements, and the batching it shares.
+
+A scorer turns images into ScoreResults. Subclasses provide per-image preparation (decode is
+done here) and a batched forward; this class handles modes, batching, order, and turning bad
+items into error results so one unreadable file never sinks a batch.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from PIL import Image
+
+from humanaes.errors import HumanAesError, ImageLoadError
+from humanaes.preprocessing import ImageSource, load_image, source_name
+from humanaes.schema import SCORE_MODES, ScoreResult
+
+logger = logging.getLogger(__name__)
+
+
+class BaseScorer(abc.ABC):
+    """Common driver: `score()` / `iter_score()` over any iterable of image sources."""
+
+    #: short name shown in listings and output rows
+    name: str = "scorer"
+    #: the modes this scorer can run, a subset of schema.SCORE_MODES
+    supported_modes: tuple[str, ...] = SCORE_MODES
+    default_mode: str = "fast"
+    #: whether EXIF orientation is applied when decoding (False = official behaviour)
+    apply_exif: bool = True
+
+    def check_mode(self, mode: str | None) -> str:
+        mode = mode or self.default_mode
+        if mode not in SCORE_MODES:
+            raise HumanAesError(f"unknown mode {mode!r}; choose one of: {', '.join(SCORE_MODES)}")
+        if mode not in self.supported_modes:
+            raise HumanAesError(
+                f"mode {mode!r} is not available with model {self.name!r} "
+                f"(it supports: {', '.join(self.supported_modes)}); pass --model with a HumanAesExpert checkpoint"
+            )
+        return mode
+
+    def score(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        *,
+        mode: str | None = None,
+        batch_size: int = 8,
+        **options: Any,
+    ) -> list[ScoreResult]:
+        """Score images; returns one ScoreResult per input, in input order."""
+        if isinstance(images, (str, bytes, bytearray, Image.Image)) or hasattr(images, "read") or hasattr(
+            images, "__fspath__"
+        ):
+            images = [images]  # a single source
+        return list(self.iter_score(images, mode=mode, batch_size=batch_size, **options))
+
+    def iter_score(
+        self,
+        images: Iterable[ImageSource],
+        *,
+        mode: str | None = None,
+        batch_size: int = 8,
+        names: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Iterator[ScoreResult]:
+        """Yield results in input order, one batch at a time (for streaming writers)."""
+        mode = self.check_mode(mode)
+        if batch_size < 1:
+            raise HumanAesError(f"batch_size must be at least 1, got {batch_size}")
+        batch: list[tuple[str, ImageSource]] = []
+        for index, source in enumerate(images):
+            name = names[index] if names is not None else source_name(source, index)
+            batch.append((name, source))
+            if len(batch) == batch_size:
+                yield from self._run_batch(batch, mode, options)
+                batch = []
+        if batch:
+            yield from self._run_batch(batch, mode, options)
+
+    # -- subclass hooks -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def prepare(self, image: Image.Image, **options: Any) -> Any:
+        """Turn one decoded RGB image into model input (e.g. a tile tensor)."""
+
+    @abc.abstractmethod
+    def score_prepared(
+        self, prepared: list[Any], names: list[str], mode: str, **options: Any
+    ) -> list[ScoreResult]:
+        """Score a batch of prepared inputs; one result per input, same order."""
+
+    def describe(self) -> dict[str, Any]:
+        """What `humanaes models` prints about this scorer."""
+        return {"name": self.name, "modes": list(self.supported_modes)}
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def _run_batch(
+        self, batch: list[tuple[str, ImageSource]], mode: str, options: dict[str, Any]
+    ) -> list[ScoreResult]:
+        results: list[ScoreResult | None] = [None] * len(batch)
+        ready: list[tuple[int, str, Any]] = []
+        for i, (name, source) in enumerate(batch):
+            try:
+                image = load_image(source, apply_exif=self.apply_exif, name=name)
+                ready.append((i, name, self.prepare(image, **options)))
+            except ImageLoadError as exc:
+                results[i] = ScoreResult.failed(name, str(exc))
+            except HumanAesError as exc:
+                results[i] = ScoreResult.failed(name, f"{name}: {exc}")
+        if ready:
+            for (i, _, _), result in zip(ready, self._score_ready(ready, mode, options)):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _score_ready(
+        self, ready: list[tuple[int, str, Any]], mode: str, options: dict[str, Any]
+    ) -> list[ScoreResult]:
+        names = [name for _, name, _ in ready]
+        prepared = [p for _, _, p in ready]
+        try:
+            return self.score_prepared(prepared, names, mode, **options)
+        except HumanAesError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failing batch must not lose the others
+            if len(ready) == 1:
+                logger.debug("scoring %s failed", names[0], exc_info=True)
+                return [ScoreResult.failed(names[0], f"{names[0]}: scoring failed ({type(exc).__name__}: {exc})")]
+            # Retry one by one so only the offending item carries the error.
+            logger.warning("batch failed (%s: %s); retrying its %d items one by one", type(exc).__name__, exc, len(ready))
+            out: list[ScoreResult] = []
+            for item in ready:
+                out.extend(self._score_ready([item], mode, options))
+            return out
