@@ -1,0 +1,225 @@
+"""Model presets (data in presets/*.json), `create_model`, and `load` — name or path to scorer.
+
+Resolution order of `load(name_or_path)`:
+  None                 the bundled default model (small CNN shipped in the package)
+  a bundled name       that bundled model
+  a preset name        random-init presets build in memory; pretrained ones resolve to their hub id
+  an existing folder   our format, the original InternVL2/HumanAesExpert layout, or a bundled model
+  "org/name"           a Hugging Face Hub repo (local cache first; download when online)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from humanaes.config import HumanAesConfig
+from humanaes.errors import HumanAesError, ModelNotFoundError
+from humanaes.runtime import resolve_device, resolve_dtype
+
+BUNDLED_DEFAULT = "humanaes-mini"
+
+
+@lru_cache(maxsize=None)
+def _preset_files() -> dict[str, Path]:
+    folder = resources.files("humanaes.presets")
+    return {
+        p.name[: -len(".json")]: Path(str(p))
+        for p in folder.iterdir()
+        if p.name.endswith(".json") and p.name != "templates.json"
+    }
+
+
+def list_presets() -> list[str]:
+    return sorted(_preset_files())
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    files = _preset_files()
+    if name not in files:
+        raise ModelNotFoundError(f"unknown preset {name!r}; presets: {', '.join(sorted(files))}")
+    return json.loads(files[name].read_text(encoding="utf-8"))
+
+
+def preset_config(name: str, **overrides: Any) -> HumanAesConfig:
+    preset = get_preset(name)
+    data = {**preset["config"], "description": preset.get("description", ""), "score_meaning": preset.get("score_meaning", "")}
+    data.update(overrides)
+    return HumanAesConfig.from_dict(data)
+
+
+def create_model(
+    name_or_config: str | HumanAesConfig, *, seed: int | None = None, attn_implementation: str = "sdpa"
+) -> Any:
+    """A randomly initialised HumanAesExpertModel of a preset's architecture (seeded), e.g. for
+    training from scratch, tests and benchmarks. For trained weights use `load`."""
+    from humanaes.modeling import HumanAesExpertModel
+
+    if isinstance(name_or_config, HumanAesConfig):
+        config, default_seed = name_or_config, 0
+    else:
+        config, default_seed = preset_config(name_or_config), int(get_preset(name_or_config).get("seed", 0))
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(default_seed if seed is None else seed)
+    try:
+        model = HumanAesExpertModel(config, attn_implementation=attn_implementation)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model.eval()
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Presets and bundled models, with what their scores mean."""
+    rows = []
+    try:
+        from humanaes.bundled import list_bundled
+
+        rows.extend(list_bundled())
+    except ImportError:
+        pass
+    for name in list_presets():
+        preset = get_preset(name)
+        rows.append(
+            {
+                "name": name,
+                "kind": "preset (random weights)" if preset.get("random_init") else f"preset (weights: {preset.get('hub_id')})",
+                "description": preset.get("description", ""),
+                "score_meaning": preset.get("score_meaning", ""),
+            }
+        )
+    return rows
+
+
+def load(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    attn_implementation: str | None = "auto",
+    apply_exif: bool = True,
+    image_block_suffix: str | None = None,
+) -> Any:
+    """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer."""
+    from humanaes.modeling import choose_attn_implementation
+
+    dev = resolve_device(device)
+    if name_or_path is None or str(name_or_path) in _bundled_names():
+        from humanaes.bundled import load_bundled
+
+        return load_bundled(None if name_or_path is None else str(name_or_path), device=dev, apply_exif=apply_exif)
+    name = os.fspath(name_or_path)
+    path = Path(name).expanduser()
+    if name in _preset_files() and not path.exists():
+        preset = get_preset(name)
+        if preset.get("random_init"):
+            torch_dtype = resolve_dtype(dtype, dev, preset["config"].get("torch_dtype", "float32"))
+            model = create_model(name, attn_implementation=choose_attn_implementation(attn_implementation, dev, torch_dtype))
+            return _scorer(model, name, dev, torch_dtype, apply_exif, image_block_suffix)
+        path = resolve_hub(preset["hub_id"])
+    elif not path.exists():
+        if _looks_like_hub_id(name):
+            path = resolve_hub(name)
+        else:
+            raise ModelNotFoundError(
+                f"model {name!r} not found: it is not a folder, a preset ({', '.join(list_presets())}), "
+                f"a bundled model ({', '.join(_bundled_names())}) or a Hugging Face repo id"
+            )
+    return load_folder(path, device=dev, dtype=dtype, attn_implementation=attn_implementation,
+                       apply_exif=apply_exif, image_block_suffix=image_block_suffix)
+
+
+def load_folder(
+    path: Path,
+    *,
+    device: torch.device,
+    dtype: str | torch.dtype | None = "auto",
+    attn_implementation: str | None = "auto",
+    apply_exif: bool = True,
+    image_block_suffix: str | None = None,
+) -> Any:
+    from humanaes.checkpoint import detect_format, load_humanaes, load_original
+    from humanaes.modeling import choose_attn_implementation
+
+    if path.is_file():
+        raise ModelNotFoundError(f"{path} is a file; pass the model folder that holds config.json and the weights")
+    if not any(path.iterdir()):
+        raise ModelNotFoundError(f"{path} is an empty folder; download the model into it first")
+    if _is_bundled_folder(path):
+        from humanaes.bundled import load_bundled
+
+        return load_bundled(str(path), device=device, apply_exif=apply_exif)
+    kind = detect_format(path)
+    config_dtype = json.loads((path / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    torch_dtype = resolve_dtype(dtype, device, config_dtype or "float32")
+    attn = choose_attn_implementation(attn_implementation, device, torch_dtype)
+    loader = load_humanaes if kind == "humanaes" else load_original
+    model, _ = loader(path, dtype=torch_dtype, attn_implementation=attn)
+    return _scorer(model, path.name, device, torch_dtype, apply_exif, image_block_suffix)
+
+
+def _scorer(model: Any, name: str, device: torch.device, dtype: torch.dtype, apply_exif: bool, image_block_suffix: str | None) -> Any:
+    from humanaes.scoring import HumanAesScorer
+    from humanaes.tokenization import load_tokenizer
+
+    if image_block_suffix is not None:
+        model.config.image_block_suffix = image_block_suffix
+    model.to_inference_dtype(dtype)
+    model.to(device)
+    tokenizer = load_tokenizer(model.config.tokenizer)
+    return HumanAesScorer(model, tokenizer, name=name, apply_exif=apply_exif)
+
+
+def resolve_hub(repo_id: str) -> Path:
+    """A hub repo's local snapshot: the cache first, a download when online; offline, a clear error."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - a core dependency
+        raise ModelNotFoundError(f"cannot fetch {repo_id!r}: huggingface_hub is not installed") from None
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache; try the network below
+        pass
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ModelNotFoundError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; on a machine with "
+            f"internet run `huggingface-cli download {repo_id}` (or pass --model /path/to/the/downloaded/folder)"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelNotFoundError(
+            f"could not download {repo_id!r} ({type(exc).__name__}); on a machine with internet run "
+            f"`huggingface-cli download {repo_id}` and pass --model with the downloaded folder"
+        ) from None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _bundled_names() -> list[str]:
+    try:
+        from humanaes.bundled import BUNDLED_NAMES
+
+        return list(BUNDLED_NAMES)
+    except ImportError:
+        return []
+
+
+def _is_bundled_folder(path: Path) -> bool:
+    try:
+        from humanaes.bundled import is_bundled_folder
+    except ImportError:
+        return False
+    return bool(is_bundled_folder(path))
+
+
+__all__ = ["BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "preset_config", "HumanAesError"]

@@ -1,0 +1,75 @@
+"""Device and dtype choice, with clear errors for combinations that cannot work."""
+
+from __future__ import annotations
+
+import torch
+
+from humanaes.errors import HumanAesError
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise HumanAesError(f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HumanAesError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise HumanAesError(f"device {device!r} was asked for but MPS is not available here; use --device cpu")
+    return dev
+
+
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, checkpoint_dtype: str | torch.dtype | None = None
+) -> torch.dtype:
+    """"auto": the checkpoint's half precision on CUDA/MPS; on CPU, bfloat16 for half-precision
+    checkpoints (no fp32 round trip, fast on current CPUs) and float32 for float32 ones."""
+    if isinstance(dtype, torch.dtype):
+        chosen = dtype
+    elif dtype is None or dtype == "auto":
+        ckpt = _as_dtype(checkpoint_dtype) if checkpoint_dtype is not None else torch.float32
+        if device.type == "cpu":
+            chosen = torch.float32 if ckpt == torch.float32 else torch.bfloat16
+        elif device.type == "mps":
+            chosen = torch.float16 if ckpt != torch.float32 else torch.float32
+        else:
+            chosen = ckpt
+    else:
+        chosen = _as_dtype(dtype)
+    if device.type == "cpu" and chosen == torch.float16:
+        raise HumanAesError("float16 is not supported well on CPU; use --dtype bfloat16 or float32 (or a CUDA device)")
+    if device.type == "mps" and chosen == torch.bfloat16 and not _mps_supports_bf16():
+        raise HumanAesError("bfloat16 is not supported on this MPS device; use --dtype float16 or float32")
+    return chosen
+
+
+def _as_dtype(value: str | torch.dtype) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    key = str(value).replace("torch.", "").lower()
+    if key not in DTYPES:
+        raise HumanAesError(f"unknown dtype {value!r}; use auto, float32, bfloat16 or float16")
+    return DTYPES[key]
+
+
+def _mps_supports_bf16() -> bool:
+    try:
+        torch.zeros(1, dtype=torch.bfloat16, device="mps")
+        return True
+    except Exception:  # noqa: BLE001
+        return False

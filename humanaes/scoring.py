@@ -1,0 +1,326 @@
+"""HumanAesExpert scoring: batched, one vision pass per image, shared prompt prefix.
+
+Modes (reference 2.2):
+  fast       general question + answer prefix, one pass: LM score, level probabilities,
+             regression score; overall = regression score (LM score without a regression head)
+  expert     expert question: twelve expert-head scores; overall = Comprehensive
+  metavoter  both questions continue from one cached prefix (system + image block): LM,
+             regression and expert scores fused by the MetaVoter; overall = MetaVoter score
+  annotate   expert scores + the LM-written twelve-line annotation (greedy decoding)
+  all        metavoter + annotate
+
+Batches mix images with different tile counts: tiles are concatenated and counted per image,
+prompts are left-padded, position ids follow the attention mask, so results do not depend on
+batch size or order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from PIL import Image
+
+from humanaes.api import BaseScorer
+from humanaes.config import HumanAesConfig
+from humanaes.errors import HumanAesError
+from humanaes.modeling import HumanAesExpertModel
+from humanaes import preprocessing
+from humanaes.prompts import (
+    ANSWER_PREFIX,
+    DEFAULT_EXPERT_QUESTION,
+    DEFAULT_GENERAL_QUESTION,
+    IMG_CONTEXT,
+    build_prompt,
+    get_template,
+)
+from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
+
+DEFAULT_MAX_NEW_TOKENS = 200
+
+
+@dataclass
+class PromptIds:
+    """Token ids of one prompt with a single `<IMG_CONTEXT>` (expanded per image later)."""
+
+    ids: list[int]
+    image_slot: int  # index of the single <IMG_CONTEXT>
+    pool_index: int  # last prompt token (before any teacher-forced answer text)
+
+    def expand(self, n_image_tokens: int, img_id: int) -> tuple[list[int], int]:
+        ids = self.ids[: self.image_slot] + [img_id] * n_image_tokens + self.ids[self.image_slot + 1 :]
+        return ids, self.pool_index + n_image_tokens - 1
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return pos if offset is None else pos + offset.unsqueeze(-1)
+
+
+class HumanAesScorer(BaseScorer):
+    """Scores images with a HumanAesExpert model (official weights, converted, or our own)."""
+
+    def __init__(
+        self,
+        model: HumanAesExpertModel,
+        tokenizer: Any,
+        *,
+        name: str | None = None,
+        apply_exif: bool = True,
+        general_question: str = DEFAULT_GENERAL_QUESTION,
+        expert_question: str = DEFAULT_EXPERT_QUESTION,
+        description: str = "",
+    ):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config: HumanAesConfig = model.config
+        self.name = name or self.config.name
+        self.apply_exif = apply_exif
+        self.general_question = general_question
+        self.expert_question = expert_question
+        self.description = description or self.config.description
+        self.template = get_template(self.config.template)
+        self.img_context_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.stop_id = int(tokenizer.convert_tokens_to_ids(self.template.stop))
+        self.level_token_ids = torch.tensor(self._level_first_tokens())
+        modes = ["fast", "annotate"]
+        if model.expert_head is not None:
+            modes.insert(1, "expert")
+        if model.expert_head is not None and model.regression_head is not None:
+            modes.insert(2, "metavoter")
+        modes.append("all")
+        self.supported_modes = tuple(modes)
+        self.default_mode = "metavoter" if "metavoter" in modes else "fast"
+
+    # -- prompts -------------------------------------------------------------------------
+    def _level_first_tokens(self) -> list[int]:
+        """First token of each level word as tokenised after the answer prefix (LEVELS order)."""
+        base = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
+        firsts = []
+        for level in LEVELS:
+            ids = self.tokenizer(f"{ANSWER_PREFIX} {level}", add_special_tokens=False).input_ids
+            n = _common_prefix(base, ids)
+            if n >= len(ids):
+                raise HumanAesError(f"the tokenizer cannot tell the level word {level!r} apart after the answer prefix")
+            firsts.append(ids[n])
+        if len(set(firsts)) != len(firsts):
+            raise HumanAesError(f"level words share first tokens {firsts}; the LM score would be ambiguous")
+        return firsts
+
+    @lru_cache(maxsize=16)
+    def prompt_ids(self, question: str, answer_prefix: bool) -> PromptIds:
+        """Tokenise the whole prompt as InternVL2's chat() does (one string), with one image
+        token standing for the block; the image tokens are expanded per image afterwards, which
+        is exact because `<IMG_CONTEXT>` is a special token that tokenisation never merges."""
+        kwargs = dict(system_message=self.config.system_message, image_block_suffix=self.config.image_block_suffix)
+        prompt = build_prompt(self.template, question, 1, 1, **kwargs)
+        prompt_ids = self.tokenizer(prompt).input_ids
+        if not answer_prefix:
+            ids = prompt_ids
+            pool = len(ids) - 1
+        else:
+            ids = self.tokenizer(prompt + ANSWER_PREFIX).input_ids
+            pool = _common_prefix(prompt_ids, ids) - 1
+        slots = [i for i, t in enumerate(ids) if t == self.img_context_id]
+        if len(slots) != 1:
+            raise HumanAesError(f"expected one {IMG_CONTEXT} token in the prompt, found {len(slots)}")
+        return PromptIds(ids=ids, image_slot=slots[0], pool_index=pool)
+
+    # -- BaseScorer hooks ------------------------------------------------------------------
+    def prepare(self, image: Image.Image, max_tiles: int | None = None, **_: Any) -> torch.Tensor:
+        return preprocessing.preprocess_image(
+            image,
+            max_tiles=max_tiles or self.config.max_tiles,
+            min_tiles=self.config.min_tiles,
+            use_thumbnail=self.config.use_thumbnail,
+        )
+
+    @torch.inference_mode()
+    def score_prepared(self, prepared: list[torch.Tensor], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
+        model = self.model
+        counts = [t.shape[0] for t in prepared]
+        features = model.extract_image_features(torch.cat(prepared))
+        per_image = list(features.split(counts))
+        n_tokens = [f.shape[0] * f.shape[1] for f in per_image]
+        results = [ScoreResult(image=name) for name in names]
+
+        if mode == "fast":
+            self._general_full(per_image, n_tokens, results)
+        elif mode in ("metavoter", "all") and "metavoter" in self.supported_modes:
+            self._general_and_expert_shared(per_image, n_tokens, results)
+        elif mode == "all":
+            self._general_full(per_image, n_tokens, results)
+        if mode == "expert":
+            self._expert_full(per_image, n_tokens, results)
+        if mode in ("annotate", "all"):
+            self._annotate(per_image, n_tokens, results, int(options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
+        for r in results:
+            r.finalize(self._overall(r, mode))
+        return results
+
+    def _overall(self, r: ScoreResult, mode: str) -> float | None:
+        expert_overall = r.expert[DIMENSIONS[OVERALL]] if r.expert else None
+        if mode == "fast":
+            return r.regression_score if r.regression_score is not None else r.lm_score
+        if mode in ("expert", "annotate"):
+            return expert_overall
+        # metavoter / all
+        for value in (r.metavoter_score, r.regression_score, r.lm_score):
+            if value is not None:
+                return value
+        return None
+
+    # -- passes ------------------------------------------------------------------------------
+    def _build_batch(self, question: str, answer: bool, n_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        prompt = self.prompt_ids(question, answer)
+        rows, pools = zip(*(prompt.expand(n, self.img_context_id) for n in n_tokens))
+        ids, mask = left_pad(list(rows), self.pad_id, self.model.device)
+        width = ids.shape[1]
+        pools_padded = [width - len(row) + p for row, p in zip(rows, pools)]
+        return ids, mask, pools_padded
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, features: list[torch.Tensor], use_cache: bool = False):
+        embeds = self.model.embed(ids, torch.cat(features), self.img_context_id)
+        return self.model.run_llm(embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=use_cache)
+
+    def _fill_general(self, results: list[ScoreResult], last_hidden: torch.Tensor, pooled: torch.Tensor) -> None:
+        probs, lm = self.model.level_scores(self.model.lm_logits(last_hidden), self.level_token_ids)
+        regression = self.model.regression(pooled)
+        for i, r in enumerate(results):
+            r.lm_score = float(lm[i])
+            r.level_probs = {level: float(p) for level, p in zip(LEVELS, probs[i])}
+            if regression is not None:
+                r.regression_score = float(regression[i])
+
+    def _fill_expert(self, results: list[ScoreResult], pooled: torch.Tensor) -> None:
+        expert = self.model.expert(pooled)
+        if expert is None:
+            return
+        for i, r in enumerate(results):
+            r.set_expert(expert[i].tolist())
+
+    def _general_full(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult]) -> None:
+        ids, mask, pools = self._build_batch(self.general_question, True, n_tokens)
+        hidden = self._forward(ids, mask, features).hidden_states
+        rows = torch.arange(len(results), device=hidden.device)
+        self._fill_general(results, hidden[:, -1], hidden[rows, torch.tensor(pools, device=hidden.device)])
+
+    def _expert_full(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult]) -> None:
+        ids, mask, _ = self._build_batch(self.expert_question, False, n_tokens)
+        hidden = self._forward(ids, mask, features).hidden_states
+        self._fill_expert(results, hidden[:, -1])
+
+    def _general_and_expert_shared(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult]) -> None:
+        """MetaVoter in one pass of the image: the prefix (system + image block) is computed
+        once, then the general and expert questions continue from its KV cache together."""
+        general = self.prompt_ids(self.general_question, True)
+        expert = self.prompt_ids(self.expert_question, False)
+        shared = _common_prefix(general.ids, expert.ids)
+        if shared <= general.image_slot:
+            raise HumanAesError("the two prompts do not share the image block; cannot reuse the prefix")
+        device = self.model.device
+        prefix_rows = [general.expand(n, self.img_context_id)[0][: shared + n - 1] for n in n_tokens]
+        ids, mask = left_pad(prefix_rows, self.pad_id, device)
+        out = self._forward(ids, mask, features, use_cache=True)
+        prefix_len = mask.sum(-1)  # real tokens per row
+
+        g_suffix, e_suffix = general.ids[shared:], expert.ids[shared:]
+        width = max(len(g_suffix), len(e_suffix))
+        suffix = torch.full((2, width), self.pad_id, dtype=torch.long)
+        suffix_mask = torch.zeros((2, width), dtype=torch.long)
+        for row, seq in enumerate((g_suffix, e_suffix)):
+            suffix[row, : len(seq)] = torch.tensor(seq)
+            suffix_mask[row, : len(seq)] = 1
+        b = len(results)
+        # rows: [img0-general, img0-expert, img1-general, ...]
+        suffix = suffix.repeat(b, 1).to(device)
+        suffix_mask = suffix_mask.repeat(b, 1).to(device)
+        cache = out.cache
+        cache.batch_repeat_interleave(2)
+        full_mask = torch.cat([mask.repeat_interleave(2, dim=0), suffix_mask], dim=1)
+        offset = prefix_len.repeat_interleave(2)
+        pos = torch.arange(width, device=device).unsqueeze(0) + offset.unsqueeze(1)
+        embeds = self.model.embed(suffix, None, self.img_context_id)
+        hidden = self.model.run_llm(embeds, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True).hidden_states
+        g_rows, e_rows = hidden[0::2], hidden[1::2]
+        g_pool = general.pool_index - shared
+        self._fill_general(results, g_rows[:, len(g_suffix) - 1], g_rows[:, g_pool])
+        self._fill_expert(results, e_rows[:, len(e_suffix) - 1])
+        lm = torch.tensor([r.lm_score for r in results])
+        reg = torch.tensor([r.regression_score for r in results])
+        exp = torch.tensor([r.expert[DIMENSIONS[OVERALL]] for r in results])
+        vote = self.model.vote(lm, reg, exp)
+        fitted = bool(self.model.metavoter.fitted)
+        for i, r in enumerate(results):
+            r.metavoter_score = float(vote[i])
+            r.extra["metavoter_fitted"] = fitted
+
+    @torch.inference_mode()
+    def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], max_new_tokens: int) -> None:
+        ids, mask, _ = self._build_batch(self.expert_question, False, n_tokens)
+        out = self._forward(ids, mask, features, use_cache=True)
+        if not any(r.expert for r in results):
+            # the expert head reads this prompt's last token: one pass gives both
+            self._fill_expert(results, out.hidden_states[:, -1])
+        tokens = self.greedy_continue(out, mask, max_new_tokens)
+        for r, seq in zip(results, tokens):
+            r.annotation = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
+
+    def greedy_continue(self, out: Any, mask: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding from a prompt pass (as chat(): stop at the template's stop token)."""
+        model = self.model
+        cache = out.cache
+        b = mask.shape[0]
+        next_pos = mask.sum(-1)
+        logits = model.lm_logits(out.hidden_states[:, -1])
+        generated: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=mask.device)
+        for _ in range(max_new_tokens):
+            token = logits.argmax(-1)
+            for i in range(b):
+                if not done[i] and int(token[i]) != self.stop_id:
+                    generated[i].append(int(token[i]))
+            done |= token == self.stop_id
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=mask.device)], dim=1)
+            embeds = model.embed(token.unsqueeze(1), None, self.img_context_id)
+            step = model.run_llm(embeds, attention_mask=mask, position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True)
+            cache = step.cache
+            next_pos = next_pos + 1
+            logits = model.lm_logits(step.hidden_states[:, -1])
+        return generated
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": "humanaesexpert",
+            "modes": list(self.supported_modes),
+            "description": self.description,
+            "score_meaning": self.config.score_meaning,
+            "metavoter_fitted": bool(self.model.metavoter.fitted),
+        }

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures" / "internvl2"
+DATA = SHARED / "data" / "HumanBeauty"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    # 2-core machines: keep each test process light and results reproducible.
+    torch.set_num_threads(2)
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return require(FIXTURES)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return require(DATA)
