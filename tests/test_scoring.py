@@ -1,0 +1,199 @@
+"""The scoring API on the tiny original-layout checkpoints: heads, modes, batching, MetaVoter
+prefix reuse, our checkpoint format, and the errors users see."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+import humanaes
+from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
+from humanaes.schema import DIMENSIONS, LEVELS
+
+HIDDEN = 64
+EXPERT_HIDDEN = 6
+
+
+def _with_heads(src, dst, generator: torch.Generator):
+    """An original-layout checkpoint carrying HumanAesExpert's heads under the release's names."""
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+
+    def rnd(*shape, scale=0.3):
+        return torch.randn(*shape, generator=generator) * scale
+
+    state["language_model.lm_regression_head.weight"] = rnd(1, HIDDEN)
+    state["language_model.lm_regression_head.bias"] = rnd(1)
+    state["language_model.expert_head.expert_head1.weight"] = rnd(9, HIDDEN)
+    state["language_model.expert_head.expert_head1.bias"] = rnd(9)
+    for k, n in ((2, 5), (3, 3), (4, 3)):
+        state[f"language_model.expert_head.expert_head{k}.0.weight"] = rnd(EXPERT_HIDDEN, n)
+        state[f"language_model.expert_head.expert_head{k}.0.bias"] = rnd(EXPERT_HIDDEN)
+        state[f"language_model.expert_head.expert_head{k}.2.weight"] = rnd(1, EXPERT_HIDDEN)
+        state[f"language_model.expert_head.expert_head{k}.2.bias"] = rnd(1)
+    save_file(state, str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.fixture(scope="module", params=["tiny_qwen2", "tiny_internlm2"])
+def official(request, fixtures_dir, tmp_path_factory):
+    folder = _with_heads(fixtures_dir / request.param, tmp_path_factory.mktemp("ckpt") / request.param, torch.Generator().manual_seed(7))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scorer(official):
+    return humanaes.load(official, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def images(fixtures_dir):
+    pre = fixtures_dir / "preprocess"
+    return [pre / "astronaut.png", pre / "wide.png", pre / "grace_hopper.jpg"]
+
+
+def _close(a, b, tol=1e-5):
+    return a is not None and b is not None and abs(a - b) <= tol
+
+
+def test_modes_and_fields(scorer, images):
+    assert scorer.supported_modes == ("fast", "expert", "metavoter", "annotate", "all")
+    fast = scorer.score(images[:2], mode="fast", max_tiles=6)
+    for r in fast:
+        assert r.error is None
+        assert set(r.level_probs) == set(LEVELS)
+        assert abs(sum(r.level_probs.values()) - 1) < 1e-5
+        centres = {"bad": 0.1, "poor": 0.3, "fair": 0.5, "good": 0.7, "excellent": 0.9}
+        assert _close(r.lm_score, sum(p * centres[k] for k, p in r.level_probs.items()))
+        assert 0 <= r.regression_score <= 1 and r.overall == r.regression_score
+        assert r.level == humanaes.score_to_level(r.overall)
+        assert r.expert is None and r.metavoter_score is None and r.annotation is None
+    expert = scorer.score(images[:1], mode="expert", max_tiles=6)[0]
+    assert list(expert.expert) == list(DIMENSIONS)
+    assert expert.overall == expert.expert["Comprehensive Aesthetic Score"]
+    assert expert.expert_levels["Outfit"] == humanaes.score_to_level(expert.expert["Outfit"])
+
+
+def test_metavoter_prefix_reuse_matches_separate_passes(scorer, images):
+    """One vision pass + cached prefix must equal the official two full passes."""
+    fast = scorer.score(images, mode="fast", max_tiles=6, batch_size=3)
+    expert = scorer.score(images, mode="expert", max_tiles=6, batch_size=3)
+    voted = scorer.score(images, mode="metavoter", max_tiles=6, batch_size=3)
+    for f, e, v in zip(fast, expert, voted):
+        assert _close(v.lm_score, f.lm_score) and _close(v.regression_score, f.regression_score)
+        for name in DIMENSIONS:
+            assert _close(v.expert[name], e.expert[name])
+        mean = (f.lm_score + f.regression_score + e.expert["Comprehensive Aesthetic Score"]) / 3
+        assert _close(v.metavoter_score, mean)  # unfitted MetaVoter = mean of the heads
+        assert v.overall == v.metavoter_score and v.extra["metavoter_fitted"] is False
+
+
+def test_batch_size_and_order_invariance(scorer, images):
+    one = scorer.score(images, mode="metavoter", batch_size=1, max_tiles=12)
+    three = scorer.score(images, mode="metavoter", batch_size=3, max_tiles=12)
+    reverse = scorer.score(list(reversed(images)), mode="metavoter", batch_size=2, max_tiles=12)[::-1]
+    for a, b, c in zip(one, three, reverse):
+        for field in ("lm_score", "regression_score", "metavoter_score"):
+            assert _close(getattr(a, field), getattr(b, field)) and _close(getattr(a, field), getattr(c, field))
+        assert all(_close(a.expert[n], b.expert[n]) for n in DIMENSIONS)
+
+
+def test_bad_items_do_not_sink_the_batch(scorer, images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg at all")
+    results = scorer.score([images[0], broken, tmp_path / "missing.png", Image.new("RGB", (300, 200), "red")], mode="fast")
+    assert results[0].error is None and results[3].error is None
+    assert "broken.jpg" in results[1].error and results[1].overall is None
+    assert "missing.png" in results[2].error and "not found" in results[2].error
+
+
+def test_annotate_generates_text(scorer, images):
+    r = scorer.score(images[:1], mode="annotate", max_tiles=1, max_new_tokens=6)[0]
+    assert isinstance(r.annotation, str) and r.expert is not None
+    assert r.overall == r.expert["Comprehensive Aesthetic Score"]
+
+
+def test_inputs_of_every_kind(scorer, images):
+    data = images[0].read_bytes()
+    with open(images[0], "rb") as fh:
+        results = scorer.score([str(images[0]), images[0], data, fh, Image.open(images[0])], mode="fast", max_tiles=1)
+    values = [r.regression_score for r in results]
+    assert all(r.error is None for r in results)
+    assert max(values) - min(values) < 1e-6
+
+
+def test_own_format_round_trip(scorer, images, tmp_path):
+    out = humanaes.save_checkpoint(scorer.model, tmp_path / "ours", tokenizer=scorer.tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "humanaes" and config["heads"]["expert_hidden"] == EXPERT_HIDDEN
+    again = humanaes.load(out, device="cpu", dtype="float32")
+    a = scorer.score(images[:2], mode="metavoter", max_tiles=6)
+    b = again.score(images[:2], mode="metavoter", max_tiles=6)
+    for x, y in zip(a, b):
+        assert x.metavoter_score == pytest.approx(y.metavoter_score, abs=1e-6)
+        assert x.expert == pytest.approx(y.expert, abs=1e-6)
+
+
+def test_plain_internvl2_checkpoint_without_heads(fixtures_dir, images):
+    plain = humanaes.load(fixtures_dir / "tiny_qwen2", device="cpu", dtype="float32")
+    assert plain.supported_modes == ("fast", "annotate", "all")
+    r = plain.score(images[:1], mode="fast", max_tiles=1)[0]
+    assert r.lm_score is not None and r.overall == r.lm_score
+    assert r.regression_score is None and r.expert is None
+    with pytest.raises(HumanAesError, match="not available"):
+        plain.score(images[:1], mode="metavoter")
+
+
+def test_checkpoint_errors(official, tmp_path):
+    broken = tmp_path / "missing_key"
+    shutil.copytree(official, broken)
+    state = load_file(broken / "model.safetensors")
+    del state["mlp1.1.weight"]
+    state["language_model.something_new.weight"] = torch.zeros(2)
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="something_new"):
+        humanaes.load(broken, device="cpu")
+    del state["language_model.something_new.weight"]
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing keys projector.linear_1.weight"):
+        humanaes.load(broken, device="cpu")
+    # an expert head of another architecture is refused, never random-initialised
+    wrong = tmp_path / "wrong_head"
+    shutil.copytree(official, wrong)
+    state = load_file(wrong / "model.safetensors")
+    state["language_model.expert_head.expert_head3.0.weight"] = torch.zeros(EXPERT_HIDDEN + 1, 3)
+    save_file(state, str(wrong / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="expert head"):
+        humanaes.load(wrong, device="cpu")
+
+
+def test_user_errors(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="empty folder"):
+        humanaes.load(tmp_path / "empty", device="cpu")
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        humanaes.load("no-such-model-anywhere", device="cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelNotFoundError, match="huggingface-cli download someone/NotCached"):
+        humanaes.load("someone/NotCached", device="cpu")
+    with pytest.raises(HumanAesError, match="float16 is not supported well on CPU"):
+        humanaes.load("humanaes-tiny", device="cpu", dtype="float16")
+    with pytest.raises(HumanAesError, match="unknown mode"):
+        humanaes.load("humanaes-tiny", device="cpu").score([], mode="best")
+
+
+def test_tiny_preset_is_seeded_and_complete():
+    a = humanaes.create_model("humanaes-tiny")
+    b = humanaes.create_model("humanaes-tiny")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    scorer = humanaes.load("humanaes-tiny", device="cpu")
+    assert "metavoter" in scorer.supported_modes
+    r = scorer.score([Image.new("RGB", (640, 480), (200, 120, 90))], mode="all", max_tiles=2, max_new_tokens=4)[0]
+    assert r.error is None and r.metavoter_score is not None and r.annotation is not None
