@@ -1,0 +1,195 @@
+"""humanaes.report: the self-contained HTML report (parsed structure, escaping, no network)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from humanaes.io import COLUMNS, DIMENSION_COLUMNS, PROB_COLUMNS
+from humanaes.report import (
+    DIMENSION_LABELS,
+    build_report,
+    histogram_svg,
+    latest_rows,
+    radar_svg,
+    thumbnail_data_uri,
+    write_report,
+)
+from humanaes.schema import score_to_level
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+# A legal POSIX file name (no "/") full of markup.
+EVIL = "evil<script>alert(1)&\"quote'<b><img src=x onerror=alert(2)>.png"
+
+
+class Page(HTMLParser):
+    """Collects tags with attributes and all text, in document order."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def all(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
+        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+
+
+def _row(image: str, overall: float | None, *, dims: bool = True, error: str | None = None, **extra: Any) -> dict:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(image=image, model="pixel-test", mode="all", error=error)
+    if overall is not None:
+        row.update(overall=overall, level=score_to_level(overall), lm_score=overall, regression_score=overall,
+                   metavoter_score=overall)
+        row.update(zip(PROB_COLUMNS, (0.1, 0.2, 0.4, 0.2, 0.1)))
+        if dims:
+            row.update(zip(DIMENSION_COLUMNS, [min(1.0, overall + 0.01 * i) for i in range(12)]))
+    row.update(extra)
+    return row
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return [
+        _row("/data/set/a.jpg", 0.81),
+        _row(f"/data/set/{EVIL}", 0.33, annotation="Facial Brightness: <i>good</i>\nOutfit: fair & fine"),
+        _row("/data/set/sub/c.png", 0.55, dims=False),
+        _row("/data/set/broken.jpg", None, error="/data/set/broken.jpg: not an image <Pillow> can read"),
+    ]
+
+
+def test_structure(rows: list[dict]) -> None:
+    page = Page(build_report(rows, thumbnails={"/data/set/a.jpg": "data:image/jpeg;base64,AAAA"}))
+    assert len(page.all("table", id="results")) == 1
+    assert len(page.all("tr", **{"class": "ok"})) == 3 and len(page.all("tr", **{"class": "err"})) == 1
+    text = " ".join(page.text)
+    for label in ("overall", "level", "LM head", "regression", "MetaVoter", *DIMENSION_LABELS):
+        assert label in text
+    # One radar per row with dimensions (2 of 4) and one histogram.
+    assert len(page.all("svg", **{"class": "radar"})) == 2
+    assert len(page.all("svg", **{"class": "hist"})) == 1
+    # Every numeric cell carries a sort key; the failed row sorts last (empty key).
+    assert len(page.all("td", **{"data-v": ""})) > 0
+    assert "1 failed" in text and "3 scored" in text
+    assert "not an image <Pillow> can read" in text  # error shown, decoded from escaped text
+
+
+def test_sortable_headers_and_script(rows: list[dict]) -> None:
+    html = build_report(rows)
+    page = Page(html)
+    sortable = [a for t, a in page.tags if t == "th" and "nosort" not in (a.get("class") or "")]
+    assert len(sortable) >= 5 + 12
+    assert all(a.get("data-type") in ("num", "text") for a in sortable)
+    scripts = page.all("script")
+    assert len(scripts) == 1 and "src" not in scripts[0]  # inline only
+    assert "addEventListener('click'" in html
+
+
+def test_escaping(rows: list[dict]) -> None:
+    html = build_report(rows, title="Report <of> & \"things\"")
+    page = Page(html)
+    # Same tags as with harmless text: nothing in a file name, annotation or title became markup.
+    plain = [dict(r, image=r["image"].replace(EVIL, "plain.png"), annotation=r["annotation"] and "plain") for r in rows]
+    assert [t for t, _ in page.tags] == [t for t, _ in Page(build_report(plain, title="plain")).tags]
+    assert len(page.all("script")) == 1 and not page.all("i")
+    assert EVIL not in html and "<script>alert" not in html and "<img src=x" not in html
+    text = "".join(page.text)
+    assert EVIL in text  # shown literally to the reader
+    assert "Facial Brightness: <i>good</i>" in text and "fair & fine" in text
+    assert "Report <of> & \"things\"" in text
+    titles = [a.get("title") for t, a in page.tags if a.get("title")]
+    assert f"/data/set/{EVIL}" in titles  # attribute values escaped and intact
+
+
+def test_no_external_urls(rows: list[dict]) -> None:
+    html = build_report(rows, thumbnails={"/data/set/a.jpg": "data:image/jpeg;base64,AAAA",
+                                          "/data/set/sub/c.png": "https://example.com/x.jpg"})
+    page = Page(html)
+    assert not re.search(r"https?://|//[a-z]|url\(", html, re.I)
+    assert not page.all("link") and not page.all("iframe")
+    for tag, attrs in page.tags:
+        for key in ("src", "href", "xlink:href", "action"):
+            value = attrs.get(key)
+            assert value is None or value.startswith("data:image/"), (tag, key, value)
+    csp = page.all("meta", **{"http-equiv": "Content-Security-Policy"})
+    assert csp and "default-src 'none'" in (csp[0]["content"] or "")
+
+
+def test_radar_svg() -> None:
+    svg = radar_svg([0.1 * i for i in range(11)] + [None])
+    page = Page(svg)
+    assert len(page.all("circle")) == 12
+    assert len(page.all("polygon", **{"class": "ring"})) == 5
+    assert [t for t in page.text if t.strip()][-12:] == list(DIMENSION_LABELS)
+    assert "n/a" in svg and "Comprehensive Aesthetic Score" in svg
+    points = page.all("polygon", **{"class": "area"})[0]["points"]
+    assert len((points or "").split()) == 12
+
+
+def test_histogram_svg() -> None:
+    values = [0.0, 0.05, 0.5, 0.5, 0.99, 1.0, 1.3]
+    page = Page(histogram_svg(values))
+    assert len(page.all("rect")) == 20
+    counts = [int(t.rsplit(":", 1)[1]) for t in page.text if re.match(r"\d\.\d\d-\d\.\d\d: \d+", t)]
+    assert sum(counts) == len(values) and counts[-1] == 3 and counts[10] == 2  # 1.0 and above: last bin
+    assert "mean" in "".join(page.text)
+
+
+def test_latest_rows_keeps_last_write_per_image() -> None:
+    rows = [_row("/a", None, error="x"), _row("/b", 0.5), _row("/a", 0.7)]
+    assert [(r["image"], r["overall"]) for r in latest_rows(rows)] == [("/b", 0.5), ("/a", 0.7)]
+
+
+def test_thumbnail(tmp_path: Path) -> None:
+    uri = thumbnail_data_uri(EXAMPLES / "grace_hopper.jpg")
+    assert uri and uri.startswith("data:image/jpeg;base64,")
+    thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    assert thumb.format == "JPEG" and max(thumb.size) == 160 and thumb.size[0] < 160  # portrait kept
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    assert thumbnail_data_uri(tmp_path / "bad.png") is None
+    assert thumbnail_data_uri(tmp_path / "missing.png") is None
+
+
+def test_write_report_with_examples(tmp_path: Path) -> None:
+    rows = [_row(str(EXAMPLES / "astronaut.png"), 0.7), _row(str(EXAMPLES / "grace_hopper.jpg"), 0.4, dims=False),
+            _row(str(tmp_path / "gone.jpg"), None, error="gone")]
+    out = write_report(rows, tmp_path / "report.html")
+    html = out.read_text(encoding="utf-8")
+    page = Page(html)
+    imgs = page.all("img")
+    assert len(imgs) == 2 and all((a["src"] or "").startswith("data:image/jpeg;base64,") for a in imgs)
+    assert "no preview" in html
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_browser_render(tmp_path: Path) -> None:
+    """Render a demo report in headless Chromium and check the screenshot (skipped without it)."""
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("chromium is not installed (scripts/check_report_browser.sh installs it)")
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "check_report_browser.sh"), "", str(shot)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok: the report renders" in proc.stdout and shot.exists()
