@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""End-to-end speed of the bundled model (humanaes-mini) on ~1 MP JPEGs.
+
+Makes N JPEGs of 1200x900 (about 1.08 MP, quality 90) in a temp folder by upscaling MEBeauty val
+images (or the shared fixtures, or synthetic gradients when neither exists), loads the packaged
+model (timed), warms up, then scores the whole folder `--repeats` times through the public API
+(`BundledScorer.score`: decode + preprocess + batched forward) and prints the median images/s.
+Also prints the decode+preprocess-only and the model-only rates to show where time goes.
+
+    .venv/bin/python benchmarks/bundled_speed.py                 # 2 threads, batch 16
+    .venv/bin/python benchmarks/bundled_speed.py --threads 1 --no-tta
+
+This is a benchmark, not a test: numbers depend on the machine and on what else runs on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def make_jpegs(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    import numpy as np
+    from PIL import Image
+
+    sources = sorted((SHARED / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images").glob("*.jpg"))[:count]
+    if not sources:
+        sources = sorted((SHARED / "fixtures" / "internvl2" / "preprocess").glob("*.[pj][np]g"))
+    paths = []
+    w, h = size
+    for i in range(count):
+        if sources:
+            img = Image.open(sources[i % len(sources)]).convert("RGB")
+            # crop to the target aspect ratio, then upscale
+            sw, sh = img.size
+            if sw / sh > w / h:
+                cw = round(sh * w / h)
+                img = img.crop(((sw - cw) // 2, 0, (sw - cw) // 2 + cw, sh))
+            else:
+                ch = round(sw * h / w)
+                img = img.crop((0, (sh - ch) // 2, sw, (sh - ch) // 2 + ch))
+            img = img.resize((w, h), Image.Resampling.BICUBIC)
+        else:
+            rng = np.random.default_rng(i)
+            arr = (rng.random((h, w, 3)) * 255).astype("uint8")
+            img = Image.fromarray(arr)
+        path = folder / f"bench_{i:03d}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--size", default="1200x900", help="WxH of the generated JPEGs")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-fast-decode", action="store_true", help="decode JPEGs at full size")
+    ap.add_argument("--no-tta", action="store_true", help="skip the mirror-image average")
+    ap.add_argument("--folder", type=Path, help="use/keep the JPEGs here instead of a temp folder")
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from humanaes.bundled import load_bundled
+    from humanaes.preprocessing import load_image
+
+    import_s = time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.folder or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = sorted(folder.glob("bench_*.jpg"))[: args.images]
+        if len(paths) < args.images:
+            paths = make_jpegs(folder, args.images, (w, h))
+        mp = w * h / 1e6
+
+        t = time.perf_counter()
+        scorer = load_bundled(args.device, fast_decode=not args.no_fast_decode)
+        load_s = time.perf_counter() - t
+        options = {"tta_flip": False} if args.no_tta else {}
+        names = [str(p) for p in paths]
+
+        scorer.score(names[: args.batch_size], batch_size=args.batch_size, **options)  # warm-up
+        rates = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            results = scorer.score(names, batch_size=args.batch_size, **options)
+            rates.append(len(names) / (time.perf_counter() - t))
+        failed = [r for r in results if not r.ok]
+        if failed:
+            print(f"{len(failed)} images failed: {failed[0].error}", file=sys.stderr)
+            return 1
+
+        # where the time goes: decode + preprocess only, then model only
+        from humanaes.bundled.scorer import open_for_size
+
+        t = time.perf_counter()
+        prepared = []
+        for p in names:
+            src = p if args.no_fast_decode else open_for_size(p, scorer.input_size)
+            prepared.append(scorer.prepare(load_image(src, name=p)))
+        prep_rate = len(names) / (time.perf_counter() - t)
+        model_rates = []
+        for _ in range(max(1, args.repeats // 2)):
+            t = time.perf_counter()
+            for i in range(0, len(prepared), args.batch_size):
+                scorer.score_prepared(prepared[i : i + args.batch_size], names[i : i + args.batch_size], "fast", **options)
+            model_rates.append(len(prepared) / (time.perf_counter() - t))
+
+    report = {
+        "images": len(names),
+        "jpeg_size": f"{w}x{h} ({mp:.2f} MP)",
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "fast_decode": not args.no_fast_decode,
+        "tta_flip": scorer.config.tta_flip and not args.no_tta,
+        "input_size": scorer.input_size,
+        "import_s": round(import_s, 3),
+        "load_s": round(load_s, 3),
+        "end_to_end_img_per_s_median": round(statistics.median(rates), 1),
+        "end_to_end_img_per_s_all": [round(r, 1) for r in rates],
+        "decode_preprocess_img_per_s": round(prep_rate, 1),
+        "model_only_img_per_s_median": round(statistics.median(model_rates), 1),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+    }
+    print(f"humanaes-mini: {report['end_to_end_img_per_s_median']} img/s end to end (median of {args.repeats}), "
+          f"model load {report['load_s']} s, on {report['jpeg_size']} JPEGs")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

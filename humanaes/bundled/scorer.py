@@ -1,0 +1,282 @@
+"""BundledScorer: the small model that ships inside the package (humanaes-mini).
+
+Preprocessing: the image is resized with Pillow so that its shorter side equals the model's
+input size and the central square is kept (one `Image.resize` call with a crop box, bilinear
+with Pillow's antialiasing), then fed as uint8 RGB.
+
+Fast JPEG decode: when a JPEG's shorter side is at least twice the input size, the decoder is
+asked for a reduced image with `Image.draft` (DCT-domain scaling by 1/2, 1/4 or 1/8, never below
+the input size) before any pixel is decoded; a 1200x900 photo is then decoded at 300x225 for a
+224-pixel model, several times faster than a full decode. The training and validation images
+went through the same path, so this is the model's reference preprocessing (`fast_decode=False`
+decodes at full size instead; scores differ slightly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from humanaes.api import BaseScorer
+from humanaes.bundled.model import HumanAesMini, MiniConfig
+from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
+from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from humanaes.schema import OVERALL, ScoreResult
+
+BUNDLED_NAME = "humanaes-mini"
+WEIGHTS_FILE = f"{BUNDLED_NAME}.safetensors"
+META_FILE = f"{BUNDLED_NAME}.json"
+FORMAT = "humanaes-mini"
+FORMAT_VERSION = 1
+
+DESCRIPTION = (
+    "humanaes-mini: a small MobileNetV2 CNN trained on MEBeauty face photos (train split) to "
+    "predict their mean facial-attractiveness rating, mapped to [0, 1]. It is a fast proxy, NOT "
+    "HumanAesExpert: it rates facial attractiveness as judged by MEBeauty's raters, not photo "
+    "aesthetics, and has no expert (12-dimension) or LM scores. Weights: non-commercial research "
+    "use only (MEBeauty licence). Not for decisions about people."
+)
+
+
+# -- preprocessing ---------------------------------------------------------------------------
+
+
+def open_for_size(source: ImageSource, size: int) -> ImageSource:
+    """Open `source` lazily with a JPEG draft request when it is at least 2x `size`.
+
+    Returns an unloaded PIL image configured to decode reduced, or `source` itself when the fast
+    path does not apply or anything goes wrong (then `load_image` reports the error properly).
+    """
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        if isinstance(source, (bytes, bytearray)):
+            fp: Any = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            if not os.path.isfile(source):
+                return source
+            fp = source
+        else:
+            return source  # file objects: keep their position untouched
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+        if img.format != "JPEG" or img.width * img.height > DEFAULT_MAX_PIXELS or min(img.size) < 2 * size:
+            img.close()
+            return source
+        img.draft("RGB", (size, size))
+        return img
+    except Exception:  # noqa: BLE001 - fall back to the normal decoder and its error messages
+        return source
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Shorter side -> `size`, central square kept, in one Pillow resize."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) / 2.0, (h - side) / 2.0
+    return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor (3, H, W)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def prepare_image(image: Image.Image, size: int) -> torch.Tensor:
+    return image_to_tensor(resize_center_crop(image, size))
+
+
+def load_prepared(path: ImageSource, size: int, fast_decode: bool = True) -> torch.Tensor:
+    """Decode + preprocess exactly as BundledScorer does (used to build training caches)."""
+    source = open_for_size(path, size) if fast_decode else path
+    return prepare_image(load_image(source, name=str(path)), size)
+
+
+# -- weights ---------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_bundled(model: HumanAesMini, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    """Write `<dir>/humanaes-mini.safetensors` and `<dir>/humanaes-mini.json` (atomically)."""
+    from safetensors.torch import save_file
+
+    if model.inference_optimized:
+        raise CheckpointError("cannot save a humanaes-mini model after optimize_for_inference(); save the original")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_FILE
+    tmp = weights.with_name(weights.name + f".tmp-{os.getpid()}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, weights)
+    data = {
+        "name": BUNDLED_NAME,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "weights_sha256": _sha256(weights),
+        **(meta or {}),
+    }
+    meta_path = directory / META_FILE
+    tmp_meta = meta_path.with_name(meta_path.name + f".tmp-{os.getpid()}")
+    tmp_meta.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp_meta, meta_path)
+    return weights
+
+
+def load_model(
+    directory: str | os.PathLike | None = None, device: str = "cpu", *, optimize: bool = False
+) -> tuple[HumanAesMini, dict[str, Any]]:
+    """Load a humanaes-mini model (the packaged one when `directory` is None); `optimize`
+    folds BatchNorm and uses channels-last (inference only)."""
+    from safetensors.torch import load_file
+
+    with resources.as_file(resources.files("humanaes.bundled")) as pkg_dir:
+        base = Path(directory) if directory is not None else Path(pkg_dir)
+        weights, meta_path = base / WEIGHTS_FILE, base / META_FILE
+        if not weights.is_file() or not meta_path.is_file():
+            raise ModelNotFoundError(
+                f"{base} has no {WEIGHTS_FILE} + {META_FILE}; reinstall humanaes or train them with recipes/train_bundled.py"
+            )
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise CheckpointError(f"{meta_path} is not valid JSON ({exc}); reinstall humanaes") from None
+        if meta.get("format") != FORMAT or int(meta.get("format_version", -1)) > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{meta_path} is format {meta.get('format')!r} v{meta.get('format_version')}, "
+                f"this humanaes reads {FORMAT!r} up to v{FORMAT_VERSION}; upgrade humanaes"
+            )
+        expected = meta.get("weights_sha256")
+        if expected and _sha256(weights) != expected:
+            raise CheckpointError(f"{weights} does not match the checksum in {META_FILE} (corrupt file?); reinstall humanaes")
+        config = MiniConfig.from_dict(meta["config"])
+        model = HumanAesMini(config)
+        state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not fit humanaes-mini (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
+    model.eval().to(device)
+    if optimize:
+        model.optimize_for_inference()
+    return model, meta
+
+
+# -- scorer ----------------------------------------------------------------------------------
+
+
+class BundledScorer(BaseScorer):
+    """Scores images with humanaes-mini. Modes depend on the heads the checkpoint trained."""
+
+    name = BUNDLED_NAME
+    default_mode = "fast"
+
+    def __init__(self, model: HumanAesMini, meta: dict[str, Any] | None = None, *, fast_decode: bool = True):
+        self.model = model.eval()
+        self.meta = meta or {}
+        self.config = model.config
+        self.fast_decode = fast_decode
+        heads = set(self.config.trained_heads)
+        if "regression" not in heads:
+            raise CheckpointError("humanaes-mini checkpoint has no trained regression head")
+        modes = ["fast"]
+        if "expert" in heads:
+            modes.append("expert")
+        if "metavoter" in heads:
+            modes.append("metavoter")
+        modes.append("all")
+        self.supported_modes = tuple(modes)  # never "annotate": there is no language model
+        self.device = next(model.parameters()).device
+
+    @property
+    def input_size(self) -> int:
+        return self.config.input_size
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            description=DESCRIPTION,
+            backbone=self.config.backbone,
+            input_size=self.config.input_size,
+            trained_heads=list(self.config.trained_heads),
+            tta_flip=self.config.tta_flip,
+            training_data=self.meta.get("training", {}).get("data"),
+            licence=self.meta.get("licence"),
+            val_metrics=self.meta.get("val_metrics"),
+        )
+        return info
+
+    def _run_batch(self, batch, mode, options):  # type: ignore[override]
+        # Route file paths / bytes through a lazily opened, draft-configured image so JPEG
+        # decoding happens at reduced size; names (and error messages) are unchanged.
+        if self.fast_decode:
+            batch = [(name, open_for_size(source, self.config.input_size)) for name, source in batch]
+        return super()._run_batch(batch, mode, options)
+
+    def prepare(self, image: Image.Image, **options: Any) -> torch.Tensor:
+        return prepare_image(image, self.config.input_size)
+
+    def score_prepared(self, prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
+        heads = set(self.config.trained_heads)
+        images = torch.stack(prepared).to(self.device)
+        with torch.inference_mode():
+            out = self.model.predict(images, tta_flip=options.get("tta_flip"))
+        regression = out["regression"].float().cpu().tolist()
+        expert = out["expert"].float().cpu().tolist()
+        metavoter = out["metavoter"].float().cpu().tolist()
+        want_expert = mode in ("expert", "metavoter", "all") and "expert" in heads
+        want_metavoter = mode in ("metavoter", "all") and "metavoter" in heads
+        results = []
+        for i, name in enumerate(names):
+            r = ScoreResult(image=name)
+            if mode in ("fast", "metavoter", "all"):
+                r.regression_score = regression[i]
+            if want_expert:
+                r.set_expert(expert[i])
+            if want_metavoter:
+                r.metavoter_score = metavoter[i]
+            if mode == "fast":
+                overall = regression[i]
+            elif mode == "expert":
+                overall = expert[i][OVERALL]
+            elif mode == "metavoter":
+                overall = metavoter[i]
+            else:  # all: the best fusion this checkpoint has
+                overall = metavoter[i] if want_metavoter else regression[i]
+            results.append(r.finalize(overall))
+        return results
+
+
+def load_bundled(device: str = "cpu", *, path: str | os.PathLike | None = None, fast_decode: bool = True) -> BundledScorer:
+    """The packaged humanaes-mini scorer (or one saved by `save_bundled` in `path`)."""
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError:
+        raise HumanAesError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    start = time.perf_counter()
+    model, meta = load_model(path, device=str(torch_device), optimize=True)
+    scorer = BundledScorer(model, meta, fast_decode=fast_decode)
+    scorer.load_seconds = time.perf_counter() - start
+    return scorer

@@ -1,0 +1,797 @@
+"""A small, model-agnostic training loop.
+
+The model supplies `compute_loss(batch) -> dict` with a scalar tensor under "loss" and any other
+(scalar) terms to log. The trainer owns everything else: data order, AdamW with weight-decay
+groups, cosine schedule with linear warm-up, gradient accumulation and clipping, autocast
+(fp32 / bf16, fp16 with a GradScaler on CUDA), seeding, optional EMA of the weights, periodic
+evaluation with a user function and best-checkpoint selection, JSONL (+ TensorBoard when
+importable) logging, a tqdm bar, and checkpoints that resume exactly.
+
+Checkpoint layout (one folder per checkpoint, under `<output_dir>/checkpoints/`):
+
+    step-00000120/
+        model.safetensors      model weights (safetensors)
+        ema.safetensors        EMA weights, when EMA is on
+        optimizer.pt           optimizer, scheduler, grad-scaler state (torch.save)
+        rng.pt                 python / numpy / torch (+ CUDA) RNG states
+        trainer_state.json     step, epoch, position in the epoch, best metric, config
+
+A checkpoint is written into `<name>.tmp-<pid>` and renamed into place only once every file is
+there, so a folder with a final name is always complete (`trainer_state.json` is written last
+too). `best/` holds the best checkpoint by `metric_for_best`, replaced the same way.
+
+All device handling (placement, autocast, backward, unscale/clip/step) lives in `_Engine`, the
+one place a distributed launcher (accelerate) would plug into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from humanaes.errors import CheckpointError, ConfigError, HumanAesError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+BEST_DIR = "best"
+STATE_FILE = "trainer_state.json"
+MODEL_FILE = "model.safetensors"
+EMA_FILE = "ema.safetensors"
+OPTIM_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class TrainingOOMError(HumanAesError):
+    """The accelerator ran out of memory; the message says what to lower."""
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    """Everything the loop needs. Load from YAML/JSON with `TrainerConfig.from_file`."""
+
+    output_dir: str = "runs/train"
+    seed: int = 42
+    epochs: int = 1
+    max_steps: int | None = None  # optimizer steps; caps `epochs` when set
+    batch_size: int = 16  # micro-batch size
+    grad_accum_steps: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    # parameter-name prefix -> learning-rate multiplier (e.g. {"backbone.": 0.1})
+    lr_scale: dict[str, float] = field(default_factory=dict)
+    warmup_steps: int | None = None  # takes precedence over warmup_ratio
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of the peak lr
+    max_grad_norm: float | None = 1.0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 on CUDA only)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    num_threads: int | None = None  # torch CPU threads; None leaves torch's default
+    num_workers: int = 0
+    drop_last: bool = True
+    ema_decay: float | None = None  # e.g. 0.999; evaluation and `best` then use the EMA weights
+    log_every_steps: int = 10
+    eval_every_steps: int | None = None
+    eval_every_epochs: int | None = 1
+    save_every_steps: int | None = None
+    save_every_epochs: int | None = 1
+    keep_last: int = 2  # step checkpoints kept (best is kept separately)
+    metric_for_best: str | None = None  # a key of the eval function's dict
+    greater_is_better: bool = True
+    resume_from: str | None = None  # None | "auto" (latest in output_dir) | a checkpoint folder
+    progress_bar: bool = True
+    tensorboard: bool = True  # when torch.utils.tensorboard is importable
+
+    @classmethod
+    def valid_keys(cls) -> list[str]:
+        return sorted(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainerConfig":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"trainer config must be a mapping, got {type(data).__name__}")
+        valid = cls.valid_keys()
+        for key in data:
+            if key not in valid:
+                raise ConfigError(f"unknown trainer config key {key!r}; valid keys: {', '.join(valid)}")
+        values = dict(data)
+        if "betas" in values and values["betas"] is not None:
+            values["betas"] = tuple(float(b) for b in values["betas"])
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, section: str | None = None) -> "TrainerConfig":
+        """Read a YAML (.yaml/.yml) or JSON file; `section` picks a top-level key."""
+        data = load_config_file(path)
+        if section is not None:
+            if section not in data:
+                raise ConfigError(f"{path}: no {section!r} section; found: {', '.join(map(str, data))}")
+            data = data[section]
+        return cls.from_dict(data or {})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    def validate(self) -> None:
+        def positive(name: str, allow_none: bool = False) -> None:
+            value = getattr(self, name)
+            if value is None and allow_none:
+                return
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+        for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps"):
+            positive(name)
+        for name in ("max_steps", "eval_every_steps", "eval_every_epochs", "save_every_steps", "save_every_epochs"):
+            positive(name, allow_none=True)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr!r}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
+        if self.keep_last < 1:
+            raise ConfigError(f"keep_last must be at least 1, got {self.keep_last!r}")
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into a dict (ConfigError on bad syntax)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:  # pragma: no cover - pyyaml is in the train extra
+                raise ConfigError(f"{path}: reading YAML needs PyYAML; pip install 'humanaes[train]'") from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, Exception) as exc:  # yaml.YAMLError is not a ValueError
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{path}: cannot parse config ({exc})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+# -- seeding and RNG state ---------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # numpy's state holds an ndarray; store it as a tensor so weights_only loading works
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    version, keys, internal = state["python"]
+    random.setstate((version, tuple(keys), internal))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- data order -----------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch that can start part-way through (for exact resume)."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size = size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(self.size, generator=g).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+# -- learning rate --------------------------------------------------------------------------
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear 0 -> 1 over `warmup` steps, then cosine 1 -> `min_ratio`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, max(0.0, progress))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, config: TrainerConfig) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and normalisation weights (any 0-/1-d tensor);
+    `lr_scale` multiplies the lr of parameters whose name starts with a given prefix."""
+    groups: dict[tuple[float, bool], dict[str, Any]] = {}
+    prefixes = sorted(config.lr_scale, key=len, reverse=True)  # longest prefix wins
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        scale = next((config.lr_scale[p] for p in prefixes if name.startswith(p)), 1.0)
+        no_decay = param.ndim <= 1 or name.endswith(".bias")
+        key = (scale, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": config.lr * scale,
+                "weight_decay": 0.0 if no_decay else config.weight_decay,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    if not groups:
+        raise ConfigError("the model has no trainable parameters (all have requires_grad=False)")
+    # `names` is for humans; torch ignores unknown group keys but keep the state dict lean.
+    return [dict(g) for _, g in sorted(groups.items())]
+
+
+# -- EMA -----------------------------------------------------------------------------------
+
+
+class EMA:
+    """Exponential moving average of the floating-point parameters and buffers."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        # warm-up of the decay so early averages are not dominated by the initial weights
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for key, value in model.state_dict().items():
+            shadow = self.shadow[key]
+            if value.dtype.is_floating_point:
+                shadow.lerp_(value.detach().to(shadow.dtype), 1.0 - decay)
+            else:
+                shadow.copy_(value)
+
+    @contextlib.contextmanager
+    def swapped(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily load the EMA weights into `model`."""
+        backup = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(backup)
+
+
+# -- device / precision / step: the one place a distributed launcher plugs into ---------------
+
+
+class _Engine:
+    def __init__(self, config: TrainerConfig):
+        self.config = config
+        name = config.device
+        if name == "auto":
+            name = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"device {config.device!r} is not a torch device; use auto, cpu, cuda or cuda:N") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {config.device!r} asked for but CUDA is not available; use device: cpu")
+        self.precision = config.precision
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("precision fp16 needs CUDA (it uses a GradScaler); use bf16 or fp32 on this device")
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+
+    def to_device(self, batch: Any) -> Any:
+        if isinstance(batch, torch.Tensor):
+            return batch.to(self.device, non_blocking=True)
+        if isinstance(batch, Mapping):
+            return {k: self.to_device(v) for k, v in batch.items()}
+        if isinstance(batch, (list, tuple)):
+            return type(batch)(self.to_device(v) for v in batch)
+        return batch
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
+        """Unscale, clip, optimizer step, zero grads. Returns the pre-clip grad norm."""
+        norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        if self.config.max_grad_norm is not None:
+            params = [p for p in model.parameters() if p.grad is not None]
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm))
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return norm
+
+
+def _oom_message(config: TrainerConfig, step: int) -> str:
+    return (
+        f"CUDA ran out of memory at step {step} with batch_size={config.batch_size}: lower batch_size "
+        f"(raise grad_accum_steps={config.grad_accum_steps} to keep the effective batch), lower the input "
+        f"size / sequence length, or use precision 'bf16'"
+    )
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom_type is not None and isinstance(exc, oom_type)) or "CUDA out of memory" in str(exc)
+
+
+# -- checkpoint files -------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _save_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    seen: dict[int, str] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        ptr = value.data_ptr() if value.numel() else -1
+        if ptr in seen and ptr != -1:  # tied weights are stored once per key (copied)
+            tensor = tensor.clone()
+        seen[ptr] = key
+        tensors[key] = tensor
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def is_complete_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return path.is_dir() and ".tmp-" not in path.name and (path / STATE_FILE).is_file()
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete step checkpoints under output_dir, oldest first."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.name.startswith("step-") and is_complete_checkpoint(p)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+# -- the trainer ------------------------------------------------------------------------------
+
+
+EvalFn = Callable[[nn.Module], Mapping[str, float]]
+
+
+class Trainer:
+    """Train `model` on `train_data` (a Dataset) batched by `collate_fn`.
+
+    eval_fn(model) -> {metric: value} is called with the model in eval mode (EMA weights loaded
+    when EMA is on) every `eval_every_steps` / `eval_every_epochs`, and at the end.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainerConfig,
+        train_data: Dataset,
+        *,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        eval_fn: EvalFn | None = None,
+    ):
+        if not callable(getattr(model, "compute_loss", None)):
+            raise ConfigError(f"{type(model).__name__} has no compute_loss(batch) method; the trainer needs one")
+        config.validate()
+        if config.metric_for_best is not None and eval_fn is None:
+            raise ConfigError("metric_for_best is set but no eval_fn was given")
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        seed_everything(config.seed)
+        self.engine = _Engine(config)
+        self.model = model.to(self.engine.device)
+        self.train_data = train_data
+        self.collate_fn = collate_fn
+        self.eval_fn = eval_fn
+        self.output_dir = Path(config.output_dir)
+        self.sampler = EpochSampler(len(train_data), config.seed)  # type: ignore[arg-type]
+        micro = len(train_data) // config.batch_size if config.drop_last else math.ceil(len(train_data) / config.batch_size)  # type: ignore[arg-type]
+        if micro < 1:
+            raise ConfigError(f"the training set ({len(train_data)} items) is smaller than batch_size={config.batch_size}")  # type: ignore[arg-type]
+        self.micro_per_epoch = micro
+        self.steps_per_epoch = math.ceil(micro / config.grad_accum_steps)
+        total = self.steps_per_epoch * config.epochs
+        self.total_steps = min(total, config.max_steps) if config.max_steps else total
+        self.warmup_steps = (
+            config.warmup_steps if config.warmup_steps is not None else int(round(config.warmup_ratio * self.total_steps))
+        )
+        groups = param_groups(self.model, config)
+        self.group_names = [g.pop("names") for g in groups]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+        total_steps, warmup, floor = self.total_steps, self.warmup_steps, config.min_lr_ratio
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup, floor)
+        )
+        self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
+        # progress
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # current epoch
+        self.micro_in_epoch = 0  # micro-batches of the current epoch already consumed
+        self.best_metric: float | None = None
+        self.best_step: int | None = None
+        self.last_eval: dict[str, float] = {}
+        self.history: list[dict[str, Any]] = []  # logged rows of this process
+        self._tb = None
+        self._log_file = None
+
+    # -- public -------------------------------------------------------------------------
+
+    def fit(self) -> dict[str, Any]:
+        """Run (or resume) training to the end. Returns a summary dict."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        resume = self.config.resume_from
+        if resume:
+            path = latest_checkpoint(self.output_dir) if resume == "auto" else Path(resume)
+            if path is not None:
+                self.load_checkpoint(path)
+            elif resume != "auto":
+                raise CheckpointError(f"resume_from {resume!r} does not exist")
+        self._open_logs()
+        try:
+            self._loop()
+        finally:
+            self._close_logs()
+        return {
+            "steps": self.step,
+            "epochs": self.epoch,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "last_eval": self.last_eval,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Run eval_fn (EMA weights when on), log it, update `best`."""
+        if self.eval_fn is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        ctx = self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
+        try:
+            with ctx, torch.no_grad():
+                metrics = {k: float(v) for k, v in dict(self.eval_fn(self.model)).items()}
+        finally:
+            self.model.train(was_training)
+        self.last_eval = metrics
+        self._log({"kind": "eval", **{f"eval/{k}": v for k, v in metrics.items()}})
+        key = self.config.metric_for_best
+        if key is not None:
+            if key not in metrics:
+                raise ConfigError(
+                    f"metric_for_best {key!r} is not among the eval metrics: {', '.join(sorted(metrics))}"
+                )
+            value = metrics[key]
+            better = (
+                self.best_metric is None
+                or (value > self.best_metric if self.config.greater_is_better else value < self.best_metric)
+            )
+            if better and not math.isnan(value):
+                self.best_metric, self.best_step = value, self.step
+                self.save_checkpoint(self.output_dir / BEST_DIR)
+        return metrics
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write a complete checkpoint atomically (temp folder, then rename)."""
+        final = Path(path) if path is not None else self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _save_weights(self.model.state_dict(), tmp / MODEL_FILE)
+        if self.ema is not None:
+            _save_weights(self.ema.shadow, tmp / EMA_FILE)
+        torch.save(
+            {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.engine.scaler.state_dict() if self.engine.scaler is not None else None,
+            },
+            tmp / OPTIM_FILE,
+        )
+        torch.save(_rng_state(), tmp / RNG_FILE)
+        state = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_in_epoch": self.micro_in_epoch,
+            "total_steps": self.total_steps,
+            "best_metric": self.best_metric,
+            "best_step": self.best_step,
+            "last_eval": self.last_eval,
+            "config": self.config.to_dict(),
+            "time": time.time(),
+        }
+        _write_json_atomic(tmp / STATE_FILE, state)  # last: marks the folder complete
+        if final.exists():  # replacing (e.g. best/): move the old one aside first
+            old = final.with_name(f"{final.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Restore model, EMA, optimizer, scheduler, scaler, RNG and data position."""
+        path = Path(path)
+        if not is_complete_checkpoint(path):
+            raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE}); pick another one")
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+        weights = _load_weights(path / MODEL_FILE)
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{path}: weights do not fit the model (missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+            )
+        if self.ema is not None:
+            if not (path / EMA_FILE).is_file():
+                raise CheckpointError(f"{path}: EMA is on but the checkpoint has no {EMA_FILE}")
+            for k, v in _load_weights(path / EMA_FILE).items():
+                self.ema.shadow[k] = v.to(self.ema.shadow[k].device)
+        optim = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(optim["optimizer"])
+        self.scheduler.load_state_dict(optim["scheduler"])
+        if self.engine.scaler is not None and optim.get("scaler"):
+            self.engine.scaler.load_state_dict(optim["scaler"])
+        _set_rng_state(torch.load(path / RNG_FILE, map_location="cpu", weights_only=True))
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.micro_in_epoch = int(state["micro_in_epoch"])
+        self.best_metric = state.get("best_metric")
+        self.best_step = state.get("best_step")
+        self.last_eval = state.get("last_eval") or {}
+        logger.info("resumed from %s at step %d (epoch %d)", path, self.step, self.epoch)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_position(self.epoch, self.micro_in_epoch * self.config.batch_size)
+        g = torch.Generator()
+        g.manual_seed(self.config.seed + self.epoch)
+        return DataLoader(
+            self.train_data,
+            batch_size=self.config.batch_size,
+            sampler=self.sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.config.num_workers,
+            drop_last=self.config.drop_last,
+            generator=g,
+            pin_memory=self.engine.device.type == "cuda",
+        )
+
+    def _loop(self) -> None:
+        cfg = self.config
+        bar = None
+        if cfg.progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
+        self.model.train()
+        running: dict[str, float] = {}
+        running_n = 0
+        t0 = time.time()
+        try:
+            while self.step < self.total_steps and self.epoch < cfg.epochs:
+                accum: list[dict[str, torch.Tensor]] = []
+                for batch in self._loader():
+                    remaining_micro = self.micro_per_epoch - self.micro_in_epoch
+                    # size of the current accumulation group (a short one ends the epoch)
+                    group = min(cfg.grad_accum_steps, len(accum) + remaining_micro)
+                    terms = self._micro_step(batch, group)
+                    self.micro_in_epoch += 1
+                    accum.append(terms)
+                    if len(accum) < group:
+                        continue
+                    try:
+                        norm = self.engine.step(self.model, self.optimizer)
+                    except RuntimeError as exc:
+                        if _is_oom(exc):
+                            raise TrainingOOMError(_oom_message(cfg, self.step)) from None
+                        raise
+                    self.scheduler.step()
+                    self.step += 1
+                    if self.ema is not None:
+                        self.ema.update(self.model, self.step)
+                    for k in accum[0]:
+                        running[k] = running.get(k, 0.0) + sum(float(t[k]) for t in accum) / len(accum)
+                    running_n += 1
+                    accum = []
+                    if self.micro_in_epoch >= self.micro_per_epoch:
+                        self.epoch += 1
+                        self.micro_in_epoch = 0
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{running.get('loss', 0.0) / max(1, running_n):.4f}", epoch=self.epoch)
+                    if self.step % cfg.log_every_steps == 0 or self.step == self.total_steps:
+                        row = {k: v / running_n for k, v in running.items()}
+                        row.update(lr=cfg.lr * self.scheduler.lr_lambdas[0](self.step - 1), grad_norm=norm, elapsed_s=time.time() - t0)
+                        self._log({"kind": "train", **row})
+                        running, running_n = {}, 0
+                    self._maybe_eval_and_save(epoch_end=self.micro_in_epoch == 0)
+                    if self.step >= self.total_steps:
+                        break
+                    if self.micro_in_epoch == 0:
+                        break  # epoch finished: new loader, new order
+                else:
+                    # the loader ran out (can only happen when it yields fewer batches than expected)
+                    if self.micro_in_epoch:
+                        self.epoch += 1
+                        self.micro_in_epoch = 0
+        finally:
+            if bar is not None:
+                bar.close()
+        final = self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+        if not final.exists():
+            self.save_checkpoint()
+            self._prune()
+
+    def _micro_step(self, batch: Any, group: int) -> dict[str, torch.Tensor]:
+        try:
+            batch = self.engine.to_device(batch)
+            with self.engine.autocast():
+                out = self.model.compute_loss(batch)
+            if not isinstance(out, Mapping) or "loss" not in out:
+                raise ConfigError(f"{type(self.model).__name__}.compute_loss must return a dict with a 'loss' tensor")
+            loss = out["loss"]
+            if not torch.isfinite(loss.detach()).all():
+                raise HumanAesError(
+                    f"the loss became {float(loss.detach())} at step {self.step}; lower lr (now {self.config.lr}) "
+                    f"or use precision fp32"
+                )
+            self.engine.backward(loss / group)
+        except RuntimeError as exc:
+            if _is_oom(exc):
+                raise TrainingOOMError(_oom_message(self.config, self.step)) from None
+            raise
+        return {k: v.detach().float().mean() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def _maybe_eval_and_save(self, epoch_end: bool) -> None:
+        cfg = self.config
+        last = self.step >= self.total_steps
+        do_eval = self.eval_fn is not None and (
+            last
+            or (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0)
+            or (epoch_end and cfg.eval_every_epochs and self.epoch % cfg.eval_every_epochs == 0)
+        )
+        if do_eval:
+            self.evaluate()
+        do_save = (
+            last
+            or (cfg.save_every_steps and self.step % cfg.save_every_steps == 0)
+            or (epoch_end and cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0)
+        )
+        if do_save:
+            self.save_checkpoint()
+            self._prune()
+
+    def _prune(self) -> None:
+        found = list_checkpoints(self.output_dir)
+        for old in found[: max(0, len(found) - self.config.keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _open_logs(self) -> None:
+        self._log_file = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
+        if self.config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.output_dir / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self._tb = None
+
+    def _close_logs(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+    def _log(self, row: dict[str, Any]) -> None:
+        row = {"step": self.step, "epoch": self.epoch, **row}
+        self.history.append(row)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(row) + "\n")
+            self._log_file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self._tb.add_scalar(k if "/" in k else f"train/{k}", v, self.step)
+        if row.get("kind") == "eval":
+            logger.info("step %d eval: %s", self.step, {k: v for k, v in row.items() if k.startswith("eval/")})

