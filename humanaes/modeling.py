@@ -119,7 +119,7 @@ class HumanAesExpertModel(nn.Module):
         super().__init__()
         self.config = config
         self.attn_implementation = attn_implementation
-        vision_config = build_vision_config(config.vision, attn_implementation)
+        vision_config = build_vision_config({**config.vision, "image_size": config.image_size}, attn_implementation)
         self.vision_model = InternVLVisionModel(vision_config)
         scale = int(round(1 / config.downsample_ratio))
         self.projector = VisionProjector(vision_config.hidden_size * scale * scale, config.hidden_size, config.projector_hidden_act)

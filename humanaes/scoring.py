@@ -16,9 +16,6 @@ batch size or order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -30,38 +27,16 @@ from humanaes.errors import HumanAesError
 from humanaes.modeling import HumanAesExpertModel
 from humanaes import preprocessing
 from humanaes.prompts import (
-    ANSWER_PREFIX,
     DEFAULT_EXPERT_QUESTION,
     DEFAULT_GENERAL_QUESTION,
-    IMG_CONTEXT,
-    build_prompt,
+    PromptIds,
+    PromptTokenizer,
+    common_prefix_length,
     get_template,
 )
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
 
 DEFAULT_MAX_NEW_TOKENS = 200
-
-
-@dataclass
-class PromptIds:
-    """Token ids of one prompt with a single `<IMG_CONTEXT>` (expanded per image later)."""
-
-    ids: list[int]
-    image_slot: int  # index of the single <IMG_CONTEXT>
-    pool_index: int  # last prompt token (before any teacher-forced answer text)
-
-    def expand(self, n_image_tokens: int, img_id: int) -> tuple[list[int], int]:
-        ids = self.ids[: self.image_slot] + [img_id] * n_image_tokens + self.ids[self.image_slot + 1 :]
-        return ids, self.pool_index + n_image_tokens - 1
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,11 +77,11 @@ class HumanAesScorer(BaseScorer):
         self.expert_question = expert_question
         self.description = description or self.config.description
         self.template = get_template(self.config.template)
-        self.img_context_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
-        self.stop_id = int(tokenizer.convert_tokens_to_ids(self.template.stop))
-        self.level_token_ids = torch.tensor(self._level_first_tokens())
+        self.prompts = PromptTokenizer(tokenizer, self.template, self.config.system_message, self.config.image_block_suffix)
+        self.img_context_id = self.prompts.img_context_id
+        self.pad_id = self.prompts.pad_id
+        self.stop_id = self.prompts.stop_id
+        self.level_token_ids = torch.tensor(self.prompts.level_first_tokens())
         modes = ["fast", "annotate"]
         if model.expert_head is not None:
             modes.insert(1, "expert")
@@ -116,39 +91,8 @@ class HumanAesScorer(BaseScorer):
         self.supported_modes = tuple(modes)
         self.default_mode = "metavoter" if "metavoter" in modes else "fast"
 
-    # -- prompts -------------------------------------------------------------------------
-    def _level_first_tokens(self) -> list[int]:
-        """First token of each level word as tokenised after the answer prefix (LEVELS order)."""
-        base = self.tokenizer(ANSWER_PREFIX, add_special_tokens=False).input_ids
-        firsts = []
-        for level in LEVELS:
-            ids = self.tokenizer(f"{ANSWER_PREFIX} {level}", add_special_tokens=False).input_ids
-            n = _common_prefix(base, ids)
-            if n >= len(ids):
-                raise HumanAesError(f"the tokenizer cannot tell the level word {level!r} apart after the answer prefix")
-            firsts.append(ids[n])
-        if len(set(firsts)) != len(firsts):
-            raise HumanAesError(f"level words share first tokens {firsts}; the LM score would be ambiguous")
-        return firsts
-
-    @lru_cache(maxsize=16)
     def prompt_ids(self, question: str, answer_prefix: bool) -> PromptIds:
-        """Tokenise the whole prompt as InternVL2's chat() does (one string), with one image
-        token standing for the block; the image tokens are expanded per image afterwards, which
-        is exact because `<IMG_CONTEXT>` is a special token that tokenisation never merges."""
-        kwargs = dict(system_message=self.config.system_message, image_block_suffix=self.config.image_block_suffix)
-        prompt = build_prompt(self.template, question, 1, 1, **kwargs)
-        prompt_ids = self.tokenizer(prompt).input_ids
-        if not answer_prefix:
-            ids = prompt_ids
-            pool = len(ids) - 1
-        else:
-            ids = self.tokenizer(prompt + ANSWER_PREFIX).input_ids
-            pool = _common_prefix(prompt_ids, ids) - 1
-        slots = [i for i, t in enumerate(ids) if t == self.img_context_id]
-        if len(slots) != 1:
-            raise HumanAesError(f"expected one {IMG_CONTEXT} token in the prompt, found {len(slots)}")
-        return PromptIds(ids=ids, image_slot=slots[0], pool_index=pool)
+        return self.prompts.prompt(question, answer_prefix)
 
     # -- BaseScorer hooks ------------------------------------------------------------------
     def prepare(self, image: Image.Image, max_tiles: int | None = None, **_: Any) -> torch.Tensor:
@@ -156,6 +100,7 @@ class HumanAesScorer(BaseScorer):
             image,
             max_tiles=max_tiles or self.config.max_tiles,
             min_tiles=self.config.min_tiles,
+            tile_size=self.config.image_size,
             use_thumbnail=self.config.use_thumbnail,
         )
 
@@ -239,7 +184,7 @@ class HumanAesScorer(BaseScorer):
         once, then the general and expert questions continue from its KV cache together."""
         general = self.prompt_ids(self.general_question, True)
         expert = self.prompt_ids(self.expert_question, False)
-        shared = _common_prefix(general.ids, expert.ids)
+        shared = common_prefix_length(general.ids, expert.ids)
         if shared <= general.image_slot:
             raise HumanAesError("the two prompts do not share the image block; cannot reuse the prefix")
         device = self.model.device
