@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from humanaes.config import HumanAesConfig
-from humanaes.errors import HumanAesError, ModelNotFoundError
+from humanaes.errors import ModelNotFoundError
 from humanaes.runtime import resolve_device, resolve_dtype
 
 BUNDLED_DEFAULT = "humanaes-mini"
@@ -47,8 +47,9 @@ def get_preset(name: str) -> dict[str, Any]:
     return json.loads(files[name].read_text(encoding="utf-8"))
 
 
-def preset_config(name: str, **overrides: Any) -> HumanAesConfig:
-    preset = get_preset(name)
+def preset_config(preset_name: str, **overrides: Any) -> HumanAesConfig:
+    """A preset's config, with top-level keys overridden."""
+    preset = get_preset(preset_name)
     data = {**preset["config"], "description": preset.get("description", ""), "score_meaning": preset.get("score_meaning", "")}
     data.update(overrides)
     return HumanAesConfig.from_dict(data)
@@ -106,13 +107,38 @@ def load(
     image_block_suffix: str | None = None,
 ) -> Any:
     """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer."""
-    from humanaes.modeling import choose_attn_implementation
+    from humanaes.scoring import HumanAesScorer
 
     dev = resolve_device(device)
     if name_or_path is None or str(name_or_path) in _bundled_names():
         from humanaes.bundled import load_bundled
 
         return load_bundled(None if name_or_path is None else str(name_or_path), device=dev, apply_exif=apply_exif)
+    path = Path(os.fspath(name_or_path)).expanduser()
+    if path.is_dir() and _is_bundled_folder(path):
+        from humanaes.bundled import load_bundled
+
+        return load_bundled(str(path), device=dev, apply_exif=apply_exif)
+    model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
+    if image_block_suffix is not None:
+        model.config.image_block_suffix = image_block_suffix
+    name = model.config.name if str(name_or_path) in _preset_files() else path.name
+    return HumanAesScorer(model, tokenizer, name=name, apply_exif=apply_exif)
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "auto",
+    attn_implementation: str | None = "auto",
+) -> tuple[Any, Any]:
+    """A HumanAesExpertModel and its tokenizer from a preset, folder or hub id (no scorer)."""
+    from humanaes.checkpoint import detect_format, load_humanaes, load_original
+    from humanaes.modeling import choose_attn_implementation
+    from humanaes.tokenization import load_tokenizer
+
+    dev = resolve_device(device)
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
     if name in _preset_files() and not path.exists():
@@ -120,7 +146,7 @@ def load(
         if preset.get("random_init"):
             torch_dtype = resolve_dtype(dtype, dev, preset["config"].get("torch_dtype", "float32"))
             model = create_model(name, attn_implementation=choose_attn_implementation(attn_implementation, dev, torch_dtype))
-            return _scorer(model, name, dev, torch_dtype, apply_exif, image_block_suffix)
+            return _place(model, dev, torch_dtype), load_tokenizer(model.config.tokenizer)
         path = resolve_hub(preset["hub_id"])
     elif not path.exists():
         if _looks_like_hub_id(name):
@@ -128,51 +154,24 @@ def load(
         else:
             raise ModelNotFoundError(
                 f"model {name!r} not found: it is not a folder, a preset ({', '.join(list_presets())}), "
-                f"a bundled model ({', '.join(_bundled_names())}) or a Hugging Face repo id"
+                f"a bundled model ({', '.join(_bundled_names()) or 'none'}) or a Hugging Face repo id"
             )
-    return load_folder(path, device=dev, dtype=dtype, attn_implementation=attn_implementation,
-                       apply_exif=apply_exif, image_block_suffix=image_block_suffix)
-
-
-def load_folder(
-    path: Path,
-    *,
-    device: torch.device,
-    dtype: str | torch.dtype | None = "auto",
-    attn_implementation: str | None = "auto",
-    apply_exif: bool = True,
-    image_block_suffix: str | None = None,
-) -> Any:
-    from humanaes.checkpoint import detect_format, load_humanaes, load_original
-    from humanaes.modeling import choose_attn_implementation
-
     if path.is_file():
         raise ModelNotFoundError(f"{path} is a file; pass the model folder that holds config.json and the weights")
     if not any(path.iterdir()):
         raise ModelNotFoundError(f"{path} is an empty folder; download the model into it first")
-    if _is_bundled_folder(path):
-        from humanaes.bundled import load_bundled
-
-        return load_bundled(str(path), device=device, apply_exif=apply_exif)
     kind = detect_format(path)
     config_dtype = json.loads((path / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
-    torch_dtype = resolve_dtype(dtype, device, config_dtype or "float32")
-    attn = choose_attn_implementation(attn_implementation, device, torch_dtype)
+    torch_dtype = resolve_dtype(dtype, dev, config_dtype or "float32")
+    attn = choose_attn_implementation(attn_implementation, dev, torch_dtype)
     loader = load_humanaes if kind == "humanaes" else load_original
     model, _ = loader(path, dtype=torch_dtype, attn_implementation=attn)
-    return _scorer(model, path.name, device, torch_dtype, apply_exif, image_block_suffix)
+    return _place(model, dev, torch_dtype), load_tokenizer(model.config.tokenizer)
 
 
-def _scorer(model: Any, name: str, device: torch.device, dtype: torch.dtype, apply_exif: bool, image_block_suffix: str | None) -> Any:
-    from humanaes.scoring import HumanAesScorer
-    from humanaes.tokenization import load_tokenizer
-
-    if image_block_suffix is not None:
-        model.config.image_block_suffix = image_block_suffix
+def _place(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
     model.to_inference_dtype(dtype)
-    model.to(device)
-    tokenizer = load_tokenizer(model.config.tokenizer)
-    return HumanAesScorer(model, tokenizer, name=name, apply_exif=apply_exif)
+    return model.to(device)
 
 
 def resolve_hub(repo_id: str) -> Path:
@@ -222,4 +221,4 @@ def _is_bundled_folder(path: Path) -> bool:
     return bool(is_bundled_folder(path))
 
 
-__all__ = ["BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "preset_config", "HumanAesError"]
+__all__ = ["BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "load_model", "preset_config"]
