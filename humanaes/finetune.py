@@ -140,6 +140,8 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         value = yaml.safe_load(raw)
     except Exception:  # noqa: BLE001 - fall back to the raw string
         value = raw
+    if isinstance(value, str):
+        value = _number_or_text(value)
     node = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
@@ -147,6 +149,16 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part!r} is not a section")
     node[parts[-1]] = value
+
+
+def _number_or_text(text: str) -> Any:
+    # YAML 1.1 reads "5e-5" as a string; users mean a number.
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
 # -- data ----------------------------------------------------------------------------------
