@@ -440,6 +440,7 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
                               model.config.image_block_suffix)
     dataset = QADataset(train_rows, prompts, model.config, max_tiles=config.data.max_tiles,
                         max_length=config.data.max_length, seed=tconfig.seed)
+    torch.manual_seed(tconfig.seed)  # LoRA initialisation draws from the global generator
     module = FinetuneModule(model, config.lora, config.loss, config.gradient_checkpointing)
     module.img_context_id = prompts.img_context_id
     eval_fn = make_eval_fn(module, tokenizer, val_rows, tconfig.batch_size, config.data.max_tiles) if val_rows else None
