@@ -228,12 +228,17 @@ def _set_rng_state(state: Mapping[str, Any]) -> None:
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch that can start part-way through (for exact resume)."""
 
-    def __init__(self, size: int, seed: int, shuffle: bool = True):
+    def __init__(self, size: int, seed: int, shuffle: bool = True, *, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1):
         self.size = size
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
-        self.start = 0
+        self.start = 0  # position in the global order
+        # Under DDP every rank sees the same global order; global batch k (batch_size x world
+        # items) is cut into world slices and rank r takes slice r, so N processes with a
+        # micro-batch of B train on exactly the batches one process with N x B would.
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
 
     def set_position(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
@@ -245,11 +250,19 @@ class EpochSampler(Sampler[int]):
         g.manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.size, generator=g).tolist()
 
+    def _mine(self) -> list[int]:
+        rest = self.order()[self.start :]
+        if self.world_size == 1:
+            return rest
+        b, w, r = self.batch_size, self.world_size, self.rank
+        usable = len(rest) - len(rest) % (b * w)  # every rank gets the same number of batches
+        return [i for k in range(0, usable, b * w) for i in rest[k + r * b : k + (r + 1) * b]]
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :])
+        return iter(self._mine())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return len(self._mine())
 
 
 # -- learning rate --------------------------------------------------------------------------
@@ -326,11 +339,22 @@ class EMA:
 
 
 class _Engine:
+    """Device placement, precision, backward/step, and data parallelism (DDP semantics).
+
+    Under `torchrun` or `accelerate launch` (WORLD_SIZE > 1 in the environment) it joins the
+    process group (NCCL on CUDA, gloo on CPU) and averages gradients across ranks before each
+    optimizer step: the same update DDP makes, for any model with a compute_loss method.
+    """
+
     def __init__(self, config: TrainerConfig):
         self.config = config
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         name = config.device
         if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
+            name = f"cuda:{local_rank}" if torch.cuda.is_available() and self.world_size > 1 else (
+                "cuda" if torch.cuda.is_available() else "cpu")
         try:
             self.device = torch.device(name)
         except RuntimeError:
@@ -342,6 +366,60 @@ class _Engine:
             raise ConfigError("precision fp16 needs CUDA (it uses a GradScaler); use bf16 or fp32 on this device")
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.owns_process_group = False
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+                self.owns_process_group = True
+            self.rank = dist.get_rank()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def average(self, values: list[float]) -> list[float]:
+        """Mean of scalars over ranks (for logging)."""
+        if self.world_size == 1 or not values:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return (t / self.world_size).tolist()
+
+    def sync_gradients(self, model: nn.Module) -> None:
+        """All-reduce the mean gradient in one flat buffer (DDP's averaging, without hooks)."""
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.reshape(-1).float() for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+            offset += n
+
+    def close(self) -> None:
+        if self.owns_process_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+            self.owns_process_group = False
 
     def to_device(self, batch: Any) -> Any:
         if isinstance(batch, torch.Tensor):
@@ -366,6 +444,7 @@ class _Engine:
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
         """Unscale, clip, optimizer step, zero grads. Returns the pre-clip grad norm."""
         norm = None
+        self.sync_gradients(model)
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         if self.config.max_grad_norm is not None:
@@ -479,8 +558,12 @@ class Trainer:
         self.collate_fn = collate_fn
         self.eval_fn = eval_fn
         self.output_dir = Path(config.output_dir)
-        self.sampler = EpochSampler(len(train_data), config.seed)  # type: ignore[arg-type]
-        micro = len(train_data) // config.batch_size if config.drop_last else math.ceil(len(train_data) / config.batch_size)  # type: ignore[arg-type]
+        world = self.engine.world_size
+        self.sampler = EpochSampler(len(train_data), config.seed, rank=self.engine.rank, world_size=world,  # type: ignore[arg-type]
+                                    batch_size=config.batch_size)
+        global_batch = config.batch_size * world
+        micro = (len(train_data) // global_batch if config.drop_last or world > 1  # type: ignore[arg-type]
+                 else math.ceil(len(train_data) / global_batch))  # type: ignore[arg-type]
         if micro < 1:
             raise ConfigError(f"the training set ({len(train_data)} items) is smaller than batch_size={config.batch_size}")  # type: ignore[arg-type]
         self.micro_per_epoch = micro
@@ -526,6 +609,8 @@ class Trainer:
             self._loop()
         finally:
             self._close_logs()
+        self.engine.barrier()
+        self.engine.close()
         return {
             "steps": self.step,
             "epochs": self.epoch,
@@ -640,8 +725,13 @@ class Trainer:
 
     # -- internals ----------------------------------------------------------------------
 
+    @property
+    def is_main_process(self) -> bool:
+        """True on the process that logs, evaluates and writes checkpoints (rank 0)."""
+        return self.engine.is_main
+
     def _loader(self) -> DataLoader:
-        self.sampler.set_position(self.epoch, self.micro_in_epoch * self.config.batch_size)
+        self.sampler.set_position(self.epoch, self.micro_in_epoch * self.config.batch_size * self.engine.world_size)
         g = torch.Generator()
         g.manual_seed(self.config.seed + self.epoch)
         return DataLoader(
@@ -658,7 +748,7 @@ class Trainer:
     def _loop(self) -> None:
         cfg = self.config
         bar = None
-        if cfg.progress_bar:
+        if cfg.progress_bar and self.engine.is_main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="train", dynamic_ncols=True)
@@ -699,7 +789,8 @@ class Trainer:
                         bar.update(1)
                         bar.set_postfix(loss=f"{running.get('loss', 0.0) / max(1, running_n):.4f}", epoch=self.epoch)
                     if self.step % cfg.log_every_steps == 0 or self.step == self.total_steps:
-                        row = {k: v / running_n for k, v in running.items()}
+                        keys = list(running)
+                        row = dict(zip(keys, self.engine.average([running[k] / running_n for k in keys])))
                         row.update(lr=cfg.lr * self.scheduler.lr_lambdas[0](self.step - 1), grad_norm=norm, elapsed_s=time.time() - t0)
                         self._log({"kind": "train", **row})
                         running, running_n = {}, 0
@@ -717,7 +808,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
         final = self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
-        if not final.exists():
+        if self.engine.is_main and not final.exists():
             self.save_checkpoint()
             self._prune()
 
@@ -749,7 +840,7 @@ class Trainer:
             or (cfg.eval_every_steps and self.step % cfg.eval_every_steps == 0)
             or (epoch_end and cfg.eval_every_epochs and self.epoch % cfg.eval_every_epochs == 0)
         )
-        if do_eval:
+        if do_eval and self.engine.is_main:
             self.evaluate()
         do_save = (
             last
@@ -757,8 +848,10 @@ class Trainer:
             or (epoch_end and cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0)
         )
         if do_save:
-            self.save_checkpoint()
-            self._prune()
+            if self.engine.is_main:
+                self.save_checkpoint()
+                self._prune()
+            self.engine.barrier()
 
     def _prune(self) -> None:
         found = list_checkpoints(self.output_dir)
@@ -766,6 +859,8 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def _open_logs(self) -> None:
+        if not self.engine.is_main:
+            return
         self._log_file = open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8")
         if self.config.tensorboard:
             try:
