@@ -117,6 +117,13 @@ class TrainerConfig:
             if key not in valid:
                 raise ConfigError(f"unknown trainer config key {key!r}; valid keys: {', '.join(valid)}")
         values = dict(data)
+        for key in ("lr", "weight_decay", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", "ema_decay"):
+            # YAML 1.1 reads `lr: 1e-4` as a string; users mean the number.
+            if isinstance(values.get(key), str):
+                try:
+                    values[key] = float(values[key])
+                except ValueError:
+                    raise ConfigError(f"trainer config {key!r} must be a number, got {values[key]!r}") from None
         if "betas" in values and values["betas"] is not None:
             values["betas"] = tuple(float(b) for b in values["betas"])
         cfg = cls(**values)
