@@ -1,0 +1,3 @@
+from humanaes.cli import main
+
+main()
