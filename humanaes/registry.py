@@ -24,6 +24,7 @@ from humanaes.errors import ModelNotFoundError
 from humanaes.runtime import resolve_device, resolve_dtype
 
 BUNDLED_DEFAULT = "humanaes-mini"
+BUNDLED_NAMES = (BUNDLED_DEFAULT,)
 
 
 @lru_cache(maxsize=None)
@@ -77,13 +78,7 @@ def create_model(
 
 def list_models() -> list[dict[str, Any]]:
     """Presets and bundled models, with what their scores mean."""
-    rows = []
-    try:
-        from humanaes.bundled import list_bundled
-
-        rows.extend(list_bundled())
-    except ImportError:
-        pass
+    rows = [_bundled_row()]
     for name in list_presets():
         preset = get_preset(name)
         rows.append(
@@ -95,6 +90,20 @@ def list_models() -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _bundled_row() -> dict[str, Any]:
+    meta_file = Path(str(resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json")))
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    metrics = meta.get("val_metrics") or {}
+    measured = ", ".join(f"{k.upper()} {metrics[k]:.3f}" for k in ("plcc", "srcc") if isinstance(metrics.get(k), (int, float)))
+    return {
+        "name": BUNDLED_DEFAULT,
+        "kind": "bundled (default, ships in the package)",
+        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
+        "score_meaning": "facial attractiveness ratings of MEBeauty raters in [0, 1] (a proxy, NOT HumanAesExpert)"
+        + (f"; MEBeauty val {measured}" if measured else ""),
+    }
 
 
 def load(
@@ -110,15 +119,15 @@ def load(
     from humanaes.scoring import HumanAesScorer
 
     dev = resolve_device(device)
-    if name_or_path is None or str(name_or_path) in _bundled_names():
+    path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
+    if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
         from humanaes.bundled import load_bundled
 
-        return load_bundled(None if name_or_path is None else str(name_or_path), device=dev, apply_exif=apply_exif)
-    path = Path(os.fspath(name_or_path)).expanduser()
-    if path.is_dir() and _is_bundled_folder(path):
-        from humanaes.bundled import load_bundled
-
-        return load_bundled(str(path), device=dev, apply_exif=apply_exif)
+        folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
+        scorer = load_bundled(str(dev), path=folder)
+        scorer.apply_exif = apply_exif
+        return scorer
+    assert path is not None
     model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
     if image_block_suffix is not None:
         model.config.image_block_suffix = image_block_suffix
@@ -205,20 +214,12 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _bundled_names() -> list[str]:
-    try:
-        from humanaes.bundled import BUNDLED_NAMES
-
-        return list(BUNDLED_NAMES)
-    except ImportError:
-        return []
+    return list(BUNDLED_NAMES)
 
 
 def _is_bundled_folder(path: Path) -> bool:
-    try:
-        from humanaes.bundled import is_bundled_folder
-    except ImportError:
-        return False
-    return bool(is_bundled_folder(path))
+    """A folder written by humanaes.bundled.save_bundled (humanaes-mini.json + weights)."""
+    return path.is_dir() and (path / f"{BUNDLED_DEFAULT}.json").is_file() and (path / f"{BUNDLED_DEFAULT}.safetensors").is_file()
 
 
 __all__ = ["BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "load_model", "preset_config"]
