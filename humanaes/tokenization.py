@@ -53,30 +53,21 @@ def load_tokenizer(source: str | Path) -> Any:
 
 
 def _internlm2_from_sentencepiece(path: Path) -> Any:
-    """InternLM2's tokenizer is a SentencePiece BPE with byte fallback that prepends `<s>`; the
-    Llama converter of transformers reads the same model file. Added tokens come from
-    tokenizer_config.json's `added_tokens_decoder`."""
+    """InternLM2's tokenizer is a SentencePiece BPE with byte fallback that prepends `<s>`;
+    transformers' Llama tokenizer converts the same model file (needs `sentencepiece` and
+    `protobuf`: `pip install "humanaes[internlm2]"`). Added tokens (`<img>`, `<IMG_CONTEXT>`, ...)
+    come from tokenizer_config.json's `added_tokens_decoder`; its remote `tokenizer_class` is ignored."""
     try:
-        from transformers import LlamaTokenizer
-    except ImportError as exc:  # pragma: no cover
-        raise CheckpointError(f"cannot convert {path / 'tokenizer.model'}: {exc}") from None
-    try:
-        tokenizer = LlamaTokenizer(vocab_file=str(path / "tokenizer.model"), add_bos_token=True, add_eos_token=False,
-                                   legacy=True, add_prefix_space=False)
-    except Exception as exc:  # noqa: BLE001
+        import google.protobuf  # noqa: F401
+        import sentencepiece  # noqa: F401
+    except ImportError:
         raise CheckpointError(
-            f"cannot convert the SentencePiece tokenizer {path / 'tokenizer.model'} ({exc}); "
-            "install `sentencepiece` and `protobuf`"
+            f"{path / 'tokenizer.model'} is a SentencePiece tokenizer (InternLM2, the 8B model); converting it needs "
+            "`sentencepiece` and `protobuf`: pip install \"humanaes[internlm2]\""
         ) from None
-    config_file = path / "tokenizer_config.json"
-    if config_file.exists():
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        added = config.get("added_tokens_decoder", {})
-        tokens = [entry["content"] for _, entry in sorted(added.items(), key=lambda kv: int(kv[0]))]
-        new = [t for t in tokens if t not in tokenizer.get_vocab()]
-        if new:
-            tokenizer.add_special_tokens({"additional_special_tokens": new})
-        for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
-            if isinstance(config.get(key), str):
-                setattr(tokenizer, key, config[key])
-    return tokenizer
+    from transformers import LlamaTokenizer
+
+    try:
+        return LlamaTokenizer.from_pretrained(str(path), add_bos_token=True, add_eos_token=False, legacy=True)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot convert the SentencePiece tokenizer {path / 'tokenizer.model'} ({exc})") from None
