@@ -10,7 +10,6 @@ Models are built on the meta device and the checkpoint's tensors are assigned in
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from humanaes.config import FORMAT_NAME, HumanAesConfig
 from humanaes.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.errors import CheckpointError, ModelNotFoundError
+from humanaes.fsutil import publish_dir
 from humanaes.modeling import HumanAesExpertModel
 
 WEIGHTS_NAME = "model.safetensors"
@@ -218,13 +218,4 @@ def save_humanaes(model: HumanAesExpertModel, folder: str | Path, tokenizer: Any
         if saved_config.tokenizer is None or not str(saved_config.tokenizer).startswith("packaged:"):
             saved_config.tokenizer = None  # the tokenizer lives beside the weights
     saved_config.save(tmp / "config.json")
-    if folder.exists():
-        backup = folder.with_name(folder.name + ".old")
-        os.replace(folder, backup)
-        os.replace(tmp, folder)
-        import shutil
-
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
-    return folder
+    return publish_dir(tmp, folder)

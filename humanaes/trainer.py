@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from humanaes.errors import CheckpointError, ConfigError, HumanAesError
+from humanaes.fsutil import publish_dir
 
 logger = logging.getLogger(__name__)
 
@@ -688,16 +689,7 @@ class Trainer:
             "time": time.time(),
         }
         _write_json_atomic(tmp / STATE_FILE, state)  # last: marks the folder complete
-        if final.exists():  # replacing (e.g. best/): move the old one aside first
-            old = final.with_name(f"{final.name}.old-{os.getpid()}")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        return final
+        return publish_dir(tmp, final)
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore model, EMA, optimizer, scheduler, scaler, RNG and data position."""
