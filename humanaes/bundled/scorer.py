@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from humanaes.api import BaseScorer
-from humanaes.bundled.model import HumanAesMini, MiniConfig
+from humanaes.bundled.model import HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from humanaes.schema import OVERALL, ScoreResult
@@ -116,8 +116,13 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_bundled(model: HumanAesMini, directory: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
-    """Write `<dir>/humanaes-mini.safetensors` and `<dir>/humanaes-mini.json` (atomically)."""
+def save_bundled(
+    model: HumanAesMini | MiniEnsemble, directory: str | os.PathLike, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write `<dir>/humanaes-mini.safetensors` and `<dir>/humanaes-mini.json` (atomically).
+
+    A single model's JSON has `config`; an ensemble's has `members` (one config each, weights
+    under `members.<i>.`) and `tta_flip`."""
     from safetensors.torch import save_file
 
     if model.inference_optimized:
@@ -129,14 +134,14 @@ def save_bundled(model: HumanAesMini, directory: str | os.PathLike, meta: dict[s
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     os.replace(tmp, weights)
-    data = {
-        "name": BUNDLED_NAME,
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "weights_sha256": _sha256(weights),
-        **(meta or {}),
-    }
+    data: dict[str, Any] = {"name": BUNDLED_NAME, "format": FORMAT, "format_version": FORMAT_VERSION}
+    if isinstance(model, MiniEnsemble):
+        data["members"] = [m.config.to_dict() for m in model.members]
+        data["tta_flip"] = model.config.tta_flip
+    else:
+        data["config"] = model.config.to_dict()
+    data["weights_sha256"] = _sha256(weights)
+    data.update(meta or {})
     meta_path = directory / META_FILE
     tmp_meta = meta_path.with_name(meta_path.name + f".tmp-{os.getpid()}")
     tmp_meta.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -146,7 +151,7 @@ def save_bundled(model: HumanAesMini, directory: str | os.PathLike, meta: dict[s
 
 def load_model(
     directory: str | os.PathLike | None = None, device: str = "cpu", *, optimize: bool = False
-) -> tuple[HumanAesMini, dict[str, Any]]:
+) -> tuple[HumanAesMini | MiniEnsemble, dict[str, Any]]:
     """Load a humanaes-mini model (the packaged one when `directory` is None); `optimize`
     folds BatchNorm and uses channels-last (inference only)."""
     from safetensors.torch import load_file
@@ -170,8 +175,12 @@ def load_model(
         expected = meta.get("weights_sha256")
         if expected and _sha256(weights) != expected:
             raise CheckpointError(f"{weights} does not match the checksum in {META_FILE} (corrupt file?); reinstall humanaes")
-        config = MiniConfig.from_dict(meta["config"])
-        model = HumanAesMini(config)
+        model: HumanAesMini | MiniEnsemble
+        if "members" in meta:
+            configs = [MiniConfig.from_dict(c) for c in meta["members"]]
+            model = MiniEnsemble(configs, tta_flip=bool(meta.get("tta_flip", False)))
+        else:
+            model = HumanAesMini(MiniConfig.from_dict(meta["config"]))
         state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
@@ -193,7 +202,7 @@ class BundledScorer(BaseScorer):
     name = BUNDLED_NAME
     default_mode = "fast"
 
-    def __init__(self, model: HumanAesMini, meta: dict[str, Any] | None = None, *, fast_decode: bool = True):
+    def __init__(self, model: HumanAesMini | MiniEnsemble, meta: dict[str, Any] | None = None, *, fast_decode: bool = True):
         self.model = model.eval()
         self.meta = meta or {}
         self.config = model.config
@@ -218,7 +227,7 @@ class BundledScorer(BaseScorer):
         info = super().describe()
         info.update(
             description=DESCRIPTION,
-            backbone=self.config.backbone,
+            backbone="+".join(getattr(self.model, "backbones", [self.config.backbone])),
             input_size=self.config.input_size,
             trained_heads=list(self.config.trained_heads),
             tta_flip=self.config.tta_flip,
