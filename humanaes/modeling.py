@@ -189,7 +189,9 @@ class HumanAesExpertModel(nn.Module):
             **kwargs,
         )
         # ModelOutput is a dict of the fields that were set; avoid deprecated attribute access.
-        new_cache = out.get("cache", out.get("past_key_values")) if use_cache else None
+        new_cache = None
+        if use_cache:
+            new_cache = out["cache"] if "cache" in out else out.get("past_key_values")
         result = LLMOutput(hidden_states=out.last_hidden_state, cache=new_cache)
         if output_hidden_states:
             result.all_hidden_states = out.hidden_states  # type: ignore[attr-defined]
