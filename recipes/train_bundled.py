@@ -152,12 +152,12 @@ def read_split(root: Path, name: str, limit: int | None) -> list[dict[str, Any]]
     return rows[:limit] if limit else rows
 
 
-def build_cache(rows: list[dict[str, Any]], size: int, desc: str) -> torch.Tensor:
+def build_cache(rows: list[dict[str, Any]], size: int, desc: str, crop_fraction: float = 1.0) -> torch.Tensor:
     from tqdm.auto import tqdm
 
     out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
     for i, row in enumerate(tqdm(rows, desc=f"decode {desc} @{size}", dynamic_ncols=True)):
-        out[i] = load_prepared(row["path"], size)
+        out[i] = load_prepared(row["path"], size, crop_fraction=crop_fraction)
     return out
 
 
@@ -169,6 +169,7 @@ def load_caches(cfg: dict[str, Any], train_rows, val_rows, out_dir: Path) -> tup
         "val": [r["image_name"] for r in val_rows],
         "cache_size": data.cache_size,
         "input_size": size,
+        **({"crop_fraction": cfg["model"].crop_fraction} if cfg["model"].crop_fraction != 1.0 else {}),
     }
     digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
     path = out_dir / data.cache_file if data.cache_file else None
@@ -177,7 +178,7 @@ def load_caches(cfg: dict[str, Any], train_rows, val_rows, out_dir: Path) -> tup
         if cached.get("key") == digest:
             return cached["train"], cached["val"]
     train = build_cache(train_rows, data.cache_size, "train")
-    val = build_cache(val_rows, size, "val")
+    val = build_cache(val_rows, size, "val", cfg["model"].crop_fraction)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -433,9 +434,12 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
     run_dirs = [out_dir] + [(REPO / d).resolve() for d in args.ensemble_with]
     loaded = [load_member(d, cfg) for d in run_dirs]
     model: HumanAesMini | MiniEnsemble
+    # inference-time settings of the export come from this recipe (--set model.tta_flip=...)
+    for m, _ in loaded:
+        m.config.tta_flip = cfg["model"].tta_flip
+        m.config.crop_fraction = cfg["model"].crop_fraction
     if len(loaded) == 1:
         model = loaded[0][0]
-        model.config.tta_flip = cfg["model"].tta_flip
     else:
         model = MiniEnsemble([m.config for m, _ in loaded], tta_flip=cfg["model"].tta_flip)
         for member, (trained, _) in zip(model.members, loaded):

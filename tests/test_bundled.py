@@ -271,3 +271,16 @@ def test_ensemble_round_trip_averages_members(tmp_path):
     assert torch.allclose(got, expected, atol=1e-5)
     with pytest.raises(ConfigError, match="input_size"):
         MiniEnsemble([MiniConfig(input_size=64), MiniConfig(input_size=96)])
+
+
+def test_crop_fraction_zooms_on_the_centre():
+    from humanaes.bundled.scorer import resize_center_crop
+
+    image = Image.new("RGB", (400, 300), (0, 0, 255))
+    image.paste((255, 0, 0), (125, 75, 275, 225))  # central 150x150 red square
+    full = resize_center_crop(image, 64)
+    zoomed = resize_center_crop(image, 64, crop_fraction=0.5)
+    assert full.size == zoomed.size == (64, 64)
+    assert zoomed.getpixel((2, 2)) == (255, 0, 0) and full.getpixel((2, 2)) == (0, 0, 255)
+    with pytest.raises(ConfigError, match="crop_fraction"):
+        MiniConfig(crop_fraction=0.2).validate()

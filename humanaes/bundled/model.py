@@ -79,6 +79,9 @@ class MiniConfig:
     trained_heads: list[str] = field(default_factory=lambda: ["regression"])
     # Average the prediction over the image and its mirror image at inference.
     tta_flip: bool = False
+    # Preprocessing keeps the central square of this fraction of the shorter side (1.0 = the
+    # whole central square; 0.85 zooms in slightly on the subject).
+    crop_fraction: float = 1.0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MiniConfig":
@@ -113,6 +116,8 @@ class MiniConfig:
             self.std = self.std or std
         if self.input_size < 32 or self.input_size % 32:
             raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {self.input_size}")
+        if not 0.5 <= float(self.crop_fraction) <= 1.0:
+            raise ConfigError(f"crop_fraction must be in [0.5, 1.0], got {self.crop_fraction!r}")
         bad = [h for h in self.trained_heads if h not in HEADS]
         if bad:
             raise ConfigError(f"unknown head {bad[0]!r} in trained_heads; valid heads: {', '.join(HEADS)}")
@@ -514,16 +519,22 @@ class MiniEnsemble(nn.Module):
     Every head output is the mean of the members' outputs; only heads trained by every member
     are reported as trained. Inference only: members are trained one by one."""
 
-    def __init__(self, configs: list[MiniConfig], tta_flip: bool = False):
+    def __init__(self, configs: list[MiniConfig], tta_flip: bool = False, crop_fraction: float | None = None):
         super().__init__()
         if not configs:
             raise ConfigError("an ensemble needs at least one member")
-        sizes = {c.input_size for c in configs}
-        if len(sizes) != 1:
-            raise ConfigError(f"ensemble members must share one input_size, got {sorted(sizes)}")
+        sizes = {(c.input_size, c.crop_fraction) for c in configs}
+        if crop_fraction is None and len(sizes) != 1:
+            raise ConfigError(f"ensemble members must share one input_size and crop_fraction, got {sorted(sizes)}")
+        if len({c.input_size for c in configs}) != 1:
+            raise ConfigError(f"ensemble members must share one input_size, got {sorted(c.input_size for c in configs)}")
         self.members = nn.ModuleList(HumanAesMini(c) for c in configs)
         heads = [h for h in HEADS if all(h in c.trained_heads for c in configs)]
-        self.config = dataclasses.replace(configs[0], trained_heads=heads, tta_flip=tta_flip)
+        self.config = dataclasses.replace(
+            configs[0], trained_heads=heads, tta_flip=tta_flip,
+            crop_fraction=configs[0].crop_fraction if crop_fraction is None else crop_fraction,
+        )
+        self.config.validate()
         self.backbones = [c.backbone for c in configs]
 
     @property

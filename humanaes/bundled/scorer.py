@@ -1,8 +1,8 @@
 """BundledScorer: the small model that ships inside the package (humanaes-mini).
 
-Preprocessing: the image is resized with Pillow so that its shorter side equals the model's
-input size and the central square is kept (one `Image.resize` call with a crop box, bilinear
-with Pillow's antialiasing), then fed as uint8 RGB.
+Preprocessing: the central square of `crop_fraction` x the shorter side is resized with Pillow
+to the model's input size (one `Image.resize` call with a crop box, bilinear with Pillow's
+antialiasing), then fed as uint8 RGB.
 
 Fast JPEG decode: when a JPEG's shorter side is at least twice the input size, the decoder is
 asked for a reduced image with `Image.draft` (DCT-domain scaling by 1/2, 1/4 or 1/8, never below
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import time
 import warnings
@@ -52,8 +53,9 @@ DESCRIPTION = (
 # -- preprocessing ---------------------------------------------------------------------------
 
 
-def open_for_size(source: ImageSource, size: int) -> ImageSource:
-    """Open `source` lazily with a JPEG draft request when it is at least 2x `size`.
+def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0) -> ImageSource:
+    """Open `source` lazily with a JPEG draft request when it is at least 2x `size`
+    (after the crop: the kept square, `crop_fraction` x the shorter side, stays >= `size`).
 
     Returns an unloaded PIL image configured to decode reduced, or `source` itself when the fast
     path does not apply or anything goes wrong (then `load_image` reports the error properly).
@@ -72,19 +74,20 @@ def open_for_size(source: ImageSource, size: int) -> ImageSource:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
-        if img.format != "JPEG" or img.width * img.height > DEFAULT_MAX_PIXELS or min(img.size) < 2 * size:
+        need = math.ceil(size / crop_fraction)
+        if img.format != "JPEG" or img.width * img.height > DEFAULT_MAX_PIXELS or min(img.size) < 2 * need:
             img.close()
             return source
-        img.draft("RGB", (size, size))
+        img.draft("RGB", (need, need))
         return img
     except Exception:  # noqa: BLE001 - fall back to the normal decoder and its error messages
         return source
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Shorter side -> `size`, central square kept, in one Pillow resize."""
+def resize_center_crop(image: Image.Image, size: int, crop_fraction: float = 1.0) -> Image.Image:
+    """The central square of `crop_fraction` x the shorter side -> `size` x `size`, in one resize."""
     w, h = image.size
-    side = min(w, h)
+    side = min(w, h) * crop_fraction
     left, top = (w - side) / 2.0, (h - side) / 2.0
     return image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
 
@@ -95,14 +98,14 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
 
 
-def prepare_image(image: Image.Image, size: int) -> torch.Tensor:
-    return image_to_tensor(resize_center_crop(image, size))
+def prepare_image(image: Image.Image, size: int, crop_fraction: float = 1.0) -> torch.Tensor:
+    return image_to_tensor(resize_center_crop(image, size, crop_fraction))
 
 
-def load_prepared(path: ImageSource, size: int, fast_decode: bool = True) -> torch.Tensor:
+def load_prepared(path: ImageSource, size: int, fast_decode: bool = True, crop_fraction: float = 1.0) -> torch.Tensor:
     """Decode + preprocess exactly as BundledScorer does (used to build training caches)."""
-    source = open_for_size(path, size) if fast_decode else path
-    return prepare_image(load_image(source, name=str(path)), size)
+    source = open_for_size(path, size, crop_fraction) if fast_decode else path
+    return prepare_image(load_image(source, name=str(path)), size, crop_fraction)
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -138,6 +141,7 @@ def save_bundled(
     if isinstance(model, MiniEnsemble):
         data["members"] = [m.config.to_dict() for m in model.members]
         data["tta_flip"] = model.config.tta_flip
+        data["crop_fraction"] = model.config.crop_fraction
     else:
         data["config"] = model.config.to_dict()
     data["weights_sha256"] = _sha256(weights)
@@ -178,7 +182,9 @@ def load_model(
         model: HumanAesMini | MiniEnsemble
         if "members" in meta:
             configs = [MiniConfig.from_dict(c) for c in meta["members"]]
-            model = MiniEnsemble(configs, tta_flip=bool(meta.get("tta_flip", False)))
+            model = MiniEnsemble(
+                configs, tta_flip=bool(meta.get("tta_flip", False)), crop_fraction=meta.get("crop_fraction")
+            )
         else:
             model = HumanAesMini(MiniConfig.from_dict(meta["config"]))
         state = load_file(str(weights))
@@ -231,6 +237,7 @@ class BundledScorer(BaseScorer):
             input_size=self.config.input_size,
             trained_heads=list(self.config.trained_heads),
             tta_flip=self.config.tta_flip,
+            crop_fraction=self.config.crop_fraction,
             training_data=self.meta.get("training", {}).get("data"),
             licence=self.meta.get("licence"),
             val_metrics=self.meta.get("val_metrics"),
@@ -241,11 +248,12 @@ class BundledScorer(BaseScorer):
         # Route file paths / bytes through a lazily opened, draft-configured image so JPEG
         # decoding happens at reduced size; names (and error messages) are unchanged.
         if self.fast_decode:
-            batch = [(name, open_for_size(source, self.config.input_size)) for name, source in batch]
+            size, fraction = self.config.input_size, self.config.crop_fraction
+            batch = [(name, open_for_size(source, size, fraction)) for name, source in batch]
         return super()._run_batch(batch, mode, options)
 
     def prepare(self, image: Image.Image, **options: Any) -> torch.Tensor:
-        return prepare_image(image, self.config.input_size)
+        return prepare_image(image, self.config.input_size, self.config.crop_fraction)
 
     def score_prepared(self, prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
         heads = set(self.config.trained_heads)
