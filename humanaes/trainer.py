@@ -22,6 +22,15 @@ too). `best/` holds the best checkpoint by `metric_for_best`, replaced the same 
 
 All device handling (placement, autocast, backward, unscale/clip/step) lives in `_Engine`, the
 one place a distributed launcher (accelerate) would plug into.
+
+DeepSpeed ZeRO (stage 1 or 2, `zero_stage`, when `deepspeed` is installed): `_Engine` hands our
+AdamW groups and cosine LambdaLR to `deepspeed.initialize`, which then owns backward, gradient
+reduction, clipping, the optimizer and scheduler steps and the optimizer-state partitions. The
+model is still called through `compute_loss` (ZeRO 1-2 only hook gradients, never the forward).
+Its checkpoints hold, instead of `optimizer.pt`, a `deepspeed/` folder written by every rank with
+the engine's own `save_checkpoint` (model states, one optimizer partition per rank, scheduler);
+rank 0 adds the full fp32 trainable weights as `model.safetensors`, `rng.pt` and
+`trainer_state.json`, then publishes the folder with the same rename.
 """
 
 from __future__ import annotations
@@ -57,6 +66,17 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIM_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
+DEEPSPEED_DIR = "deepspeed"  # DeepSpeed's own checkpoint (a tag folder) inside ours
+ZERO_STAGES = (1, 2)
+# DeepSpeed settings the trainer derives from its own keys (deepspeed_config may not set them)
+_DS_OWNED = {
+    "train_batch_size": "batch_size (per process) and grad_accum_steps",
+    "train_micro_batch_size_per_gpu": "batch_size",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "gradient_clipping": "max_grad_norm",
+    "optimizer": "lr, betas, eps, weight_decay (the trainer's AdamW is used)",
+    "scheduler": "warmup_steps / warmup_ratio and min_lr_ratio (the trainer's cosine schedule is used)",
+}
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -104,6 +124,10 @@ class TrainerConfig:
     resume_from: str | None = None  # None | "auto" (latest in output_dir) | a checkpoint folder
     progress_bar: bool = True
     tensorboard: bool = True  # when torch.utils.tensorboard is importable
+    # DeepSpeed ZeRO stage (1 or 2; needs `pip install deepspeed`); None trains without DeepSpeed
+    zero_stage: int | None = None
+    # extra DeepSpeed config merged over the one derived from the keys above (needs zero_stage)
+    deepspeed_config: dict[str, Any] | None = None
 
     @classmethod
     def valid_keys(cls) -> list[str]:
@@ -127,6 +151,8 @@ class TrainerConfig:
                     raise ConfigError(f"trainer config {key!r} must be a number, got {values[key]!r}") from None
         if "betas" in values and values["betas"] is not None:
             values["betas"] = tuple(float(b) for b in values["betas"])
+        if isinstance(values.get("zero_stage"), str) and values["zero_stage"].strip().isdigit():
+            values["zero_stage"] = int(values["zero_stage"])
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -170,6 +196,19 @@ class TrainerConfig:
             raise ConfigError(f"ema_decay must be in (0, 1) or null, got {self.ema_decay!r}")
         if self.keep_last < 1:
             raise ConfigError(f"keep_last must be at least 1, got {self.keep_last!r}")
+        if self.zero_stage is not None and (isinstance(self.zero_stage, bool) or self.zero_stage not in ZERO_STAGES):
+            raise ConfigError(
+                f"zero_stage must be 1, 2 or null, got {self.zero_stage!r} (ZeRO-3 shards the weights, which "
+                "models trained through compute_loss cannot use here)"
+            )
+        if self.deepspeed_config is not None:
+            if self.zero_stage is None:
+                raise ConfigError("deepspeed_config is set but zero_stage is not; set zero_stage: 2 (or 1) to use DeepSpeed")
+            if not isinstance(self.deepspeed_config, Mapping):
+                raise ConfigError(f"deepspeed_config must be a mapping, got {type(self.deepspeed_config).__name__}")
+            for key, instead in _DS_OWNED.items():
+                if key in self.deepspeed_config:
+                    raise ConfigError(f"deepspeed_config may not set {key!r}: the trainer derives it from {instead}")
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -352,6 +391,9 @@ class _Engine:
     Under `torchrun` or `accelerate launch` (WORLD_SIZE > 1 in the environment) it joins the
     process group (NCCL on CUDA, gloo on CPU) and averages gradients across ranks before each
     optimizer step: the same update DDP makes, for any model with a compute_loss method.
+
+    With `zero_stage` set, `prepare` wraps model, optimizer and scheduler in a DeepSpeed engine
+    (`self.ds`), and backward / step / checkpoint state go through it (see the module docstring).
     """
 
     def __init__(self, config: TrainerConfig):
@@ -373,7 +415,13 @@ class _Engine:
         if self.precision == "fp16" and self.device.type != "cuda":
             raise ConfigError("precision fp16 needs CUDA (it uses a GradScaler); use bf16 or fp32 on this device")
         self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
+        self.zero_stage = config.zero_stage
+        self.ds: Any = None  # the DeepSpeed engine, once `prepare` built it
+        self._param_dtypes: list[tuple[nn.Parameter, torch.dtype]] = []
+        if self.zero_stage is not None:
+            self._import_deepspeed(local_rank)
+        # DeepSpeed does its own (dynamic) loss scaling for fp16
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" and self.zero_stage is None else None
         self.owns_process_group = False
         if self.world_size > 1:
             import torch.distributed as dist
@@ -382,8 +430,145 @@ class _Engine:
                 torch.cuda.set_device(self.device)
             if not dist.is_initialized():
                 dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-                self.owns_process_group = True
+                # DeepSpeed caches groups built on it for the life of the process: keep it then
+                self.owns_process_group = self.zero_stage is None
             self.rank = dist.get_rank()
+        elif self.zero_stage is not None:
+            import torch.distributed as dist
+
+            # DeepSpeed needs a process group even for one process: a local one, no ports
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo",
+                                        store=dist.HashStore(), rank=0, world_size=1)  # kept, as above
+
+    def _import_deepspeed(self, local_rank: int) -> None:
+        if self.device.type == "cpu":
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed picks its accelerator
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))  # deepspeed.initialize insists on it
+        try:
+            import deepspeed
+            from deepspeed.accelerator import get_accelerator
+        except ImportError:
+            raise ConfigError(
+                f"zero_stage={self.zero_stage} needs DeepSpeed, which is not installed; pip install deepspeed "
+                "(or humanaes[deepspeed]), or remove trainer.zero_stage to train without it"
+            ) from None
+        ds_device = get_accelerator().device_name()
+        if ds_device != self.device.type:
+            raise ConfigError(
+                f"DeepSpeed runs on its {ds_device!r} accelerator but the trainer device is {str(self.device)!r}; "
+                f"set DS_ACCELERATOR={self.device.type} in the environment or change trainer.device"
+            )
+        if self.device.type == "cuda" and self.device.index is not None and self.device.index != local_rank:
+            raise ConfigError(f"under DeepSpeed each process uses cuda:LOCAL_RANK (cuda:{local_rank}), not "
+                              f"{str(self.device)!r}; use device: auto")
+        self._deepspeed = deepspeed
+
+    def deepspeed_config(self) -> dict[str, Any]:
+        """The DeepSpeed config derived from the trainer config, with `deepspeed_config` merged over it."""
+        cfg = self.config
+        derived: dict[str, Any] = {
+            "train_micro_batch_size_per_gpu": cfg.batch_size,
+            "gradient_accumulation_steps": cfg.grad_accum_steps,
+            "gradient_clipping": float(cfg.max_grad_norm or 0.0),  # 0: no clipping
+            "zero_optimization": {"stage": cfg.zero_stage},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
+            "steps_per_print": 2**31 - 1,  # the trainer does the logging
+            "wall_clock_breakdown": False,
+        }
+        merged = _deep_merge(derived, cfg.deepspeed_config or {})
+        zero = merged.get("zero_optimization")
+        stage = zero.get("stage") if isinstance(zero, Mapping) else None
+        if stage != cfg.zero_stage:
+            raise ConfigError(f"deepspeed_config sets zero_optimization.stage={stage!r} but zero_stage is "
+                              f"{cfg.zero_stage}; set only zero_stage")
+        for name in ("bf16", "fp16"):
+            section = merged.get(name)
+            enabled = section.get("enabled", False) if isinstance(section, Mapping) else section
+            if bool(enabled) != (self.precision == name):
+                raise ConfigError(f"deepspeed_config {name}.enabled={enabled!r} contradicts precision "
+                                  f"{self.precision!r}; set the trainer's precision instead")
+        return merged
+
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Under DeepSpeed: build its engine around our model, AdamW and LambdaLR (no-op otherwise)."""
+        if self.zero_stage is None:
+            return
+        self._param_dtypes = [(p, p.dtype) for p in model.parameters()]
+        self.ds, _, _, _ = self._deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.deepspeed_config(),
+            dist_init_required=False,
+        )
+
+    @property
+    def steps_scheduler(self) -> bool:
+        """True when the engine steps the lr scheduler itself (DeepSpeed does, after each update)."""
+        return self.ds is not None
+
+    @property
+    def collective_checkpoints(self) -> bool:
+        """True when every rank takes part in writing and reading checkpoints (DeepSpeed's partitions)."""
+        return self.ds is not None
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's value of `obj` on every rank."""
+        if self.world_size == 1:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def eval_autocast(self) -> contextlib.AbstractContextManager:
+        """Evaluation runs under autocast only when DeepSpeed holds the weights in 16 bits."""
+        return self.autocast() if self.ds is not None and self.dtype is not None else contextlib.nullcontext()
+
+    def full_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """model.state_dict(), with DeepSpeed's fp32 master values for the trainable parameters when
+        it trains in 16 bits. Collective under DeepSpeed 16-bit: every rank must call it."""
+        state = model.state_dict()
+        if self.ds is None or self.dtype is None:
+            return state
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        master: dict[str, torch.Tensor] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if p.requires_grad:
+                full = safe_get_full_fp32_param(p)
+                if full is not None:
+                    master[name] = full
+        return {k: master.get(k, v) for k, v in state.items()}
+
+    def save_deepspeed(self, folder: Path) -> None:
+        """Every rank writes its part of DeepSpeed's checkpoint into folder/deepspeed/."""
+        self.ds.save_checkpoint(str(folder), tag=DEEPSPEED_DIR, save_latest=False)
+
+    def load_deepspeed(self, folder: Path) -> None:
+        """Every rank reads back module, optimizer partition and scheduler from folder/deepspeed/."""
+        load_path, _ = self.ds.load_checkpoint(str(folder), tag=DEEPSPEED_DIR, load_module_strict=True,
+                                               load_optimizer_states=True, load_lr_scheduler_states=True)
+        if load_path is None:
+            raise CheckpointError(f"{folder}: DeepSpeed could not load its checkpoint from {folder / DEEPSPEED_DIR}")
+
+    def _release_deepspeed(self) -> None:
+        """Give the model back as it came: 16-bit-cast parameters return to their own dtype (the
+        trainable ones with the fp32 master values) and DeepSpeed's gradient hooks are removed."""
+        if self.dtype is not None:
+            from deepspeed.utils import safe_get_full_fp32_param
+
+            for p, dtype in self._param_dtypes:
+                full = safe_get_full_fp32_param(p) if p.requires_grad else None
+                if full is not None:
+                    p.data = full.detach().to(dtype)
+                elif p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+        destroy = getattr(self.ds, "destroy", None)
+        if callable(destroy):
+            destroy()
+        self.ds = None
+        self._param_dtypes = []
 
     @property
     def is_main(self) -> bool:
@@ -423,6 +608,8 @@ class _Engine:
             offset += n
 
     def close(self) -> None:
+        if self.ds is not None:
+            self._release_deepspeed()
         if self.owns_process_group:
             import torch.distributed as dist
 
@@ -443,7 +630,12 @@ class _Engine:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, boundary: bool = True) -> None:
+        """`boundary`: this micro-batch is the last of its accumulation group (DeepSpeed reduces then)."""
+        if self.ds is not None:
+            self.ds.set_gradient_accumulation_boundary(boundary)
+            self.ds.backward(loss, scale_wrt_gas=False)  # the trainer already divided by the group size
+            return
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
         else:
@@ -451,6 +643,10 @@ class _Engine:
 
     def step(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
         """Unscale, clip, optimizer step, zero grads. Returns the pre-clip grad norm."""
+        if self.ds is not None:  # reduction, clipping, step, zero_grad and the scheduler step
+            self.ds.step()
+            ds_norm = self.ds.get_global_grad_norm()
+            return None if ds_norm is None else float(ds_norm)
         norm = None
         self.sync_gradients(model)
         if self.scaler is not None:
@@ -465,6 +661,16 @@ class _Engine:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
+
+
+def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _oom_message(config: TrainerConfig, step: int) -> str:
@@ -589,6 +795,8 @@ class Trainer:
             self.optimizer, lambda s: cosine_with_warmup(s, total_steps, warmup, floor)
         )
         self.ema = EMA(self.model, config.ema_decay) if config.ema_decay else None
+        self.engine.prepare(self.model, self.optimizer, self.scheduler)  # DeepSpeed engine when zero_stage is set
+        self._best_pending = False  # under DeepSpeed: rank 0 found a new best; all ranks save it
         # progress
         self.step = 0  # optimizer steps done
         self.epoch = 0  # current epoch
@@ -628,14 +836,15 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Run eval_fn (EMA weights when on), log it, update `best`."""
+        """Run eval_fn (EMA weights when on), log it, update `best` (under DeepSpeed the training
+        loop writes `best/`, on every rank, right after this rank-0 evaluation)."""
         if self.eval_fn is None:
             return {}
         was_training = self.model.training
         self.model.eval()
         ctx = self.ema.swapped(self.model) if self.ema is not None else contextlib.nullcontext()
         try:
-            with ctx, torch.no_grad():
+            with ctx, torch.no_grad(), self.engine.eval_autocast():
                 metrics = {k: float(v) for k, v in dict(self.eval_fn(self.model)).items()}
         finally:
             self.model.train(was_training)
@@ -654,28 +863,46 @@ class Trainer:
             )
             if better and not math.isnan(value):
                 self.best_metric, self.best_step = value, self.step
-                self.save_checkpoint(self.output_dir / BEST_DIR)
+                if self.engine.collective_checkpoints:
+                    self._best_pending = True  # evaluation runs on rank 0; the loop saves on all ranks
+                else:
+                    self.save_checkpoint(self.output_dir / BEST_DIR)
         return metrics
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
-        """Write a complete checkpoint atomically (temp folder, then rename)."""
+        """Write a complete checkpoint atomically (temp folder, then rename).
+
+        Under DeepSpeed every rank must call it (each writes its optimizer partition); otherwise
+        only rank 0 does."""
         final = Path(path) if path is not None else self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        _save_weights(self.model.state_dict(), tmp / MODEL_FILE)
+        collective = self.engine.collective_checkpoints
+        # one temporary folder for all ranks: rank 0's pid names it
+        tmp = final.with_name(f"{final.name}.tmp-{self.engine.broadcast_object(os.getpid()) if collective else os.getpid()}")
+        if self.engine.is_main or not collective:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+        if collective:
+            self.engine.barrier()
+            self.engine.save_deepspeed(tmp)  # model states, optimizer partitions, scheduler
+            weights = self.engine.full_state_dict(self.model)  # collective in 16 bits
+            if not self.engine.is_main:
+                return final
+        else:
+            weights = self.model.state_dict()
+        _save_weights(weights, tmp / MODEL_FILE)
         if self.ema is not None:
             _save_weights(self.ema.shadow, tmp / EMA_FILE)
-        torch.save(
-            {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.engine.scaler.state_dict() if self.engine.scaler is not None else None,
-            },
-            tmp / OPTIM_FILE,
-        )
+        if not collective:
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.engine.scaler.state_dict() if self.engine.scaler is not None else None,
+                },
+                tmp / OPTIM_FILE,
+            )
         torch.save(_rng_state(), tmp / RNG_FILE)
         state = {
             "step": self.step,
@@ -686,6 +913,8 @@ class Trainer:
             "best_step": self.best_step,
             "last_eval": self.last_eval,
             "config": self.config.to_dict(),
+            "world_size": self.engine.world_size,
+            "zero_stage": self.config.zero_stage,
             "time": time.time(),
         }
         _write_json_atomic(tmp / STATE_FILE, state)  # last: marks the folder complete
@@ -697,7 +926,22 @@ class Trainer:
         if not is_complete_checkpoint(path):
             raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE}); pick another one")
         state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
-        weights = _load_weights(path / MODEL_FILE)
+        written_by_ds = (path / DEEPSPEED_DIR).is_dir()
+        if self.engine.ds is not None:
+            if not written_by_ds:
+                raise CheckpointError(f"{path} was written without DeepSpeed (no {DEEPSPEED_DIR}/); resume it "
+                                      "without trainer.zero_stage, or start a fresh run")
+            saved_world = int(state.get("world_size") or 1)
+            if saved_world != self.engine.world_size:
+                raise CheckpointError(
+                    f"{path} was written by {saved_world} DeepSpeed processes and ZeRO's optimizer partitions "
+                    f"resume only with as many; launch {saved_world} (now {self.engine.world_size})"
+                )
+            self.engine.load_deepspeed(path)  # collective: module, optimizer partition, scheduler
+        elif written_by_ds and not (path / OPTIM_FILE).is_file() and self.engine.zero_stage is None:
+            raise CheckpointError(f"{path} was written under DeepSpeed ZeRO-{state.get('zero_stage')}; resume it with "
+                                  f"trainer.zero_stage={state.get('zero_stage')} and {state.get('world_size')} processes")
+        weights = _load_weights(path / MODEL_FILE)  # fp32 trainable weights (DeepSpeed's masters)
         missing, unexpected = self.model.load_state_dict(weights, strict=False)
         if missing or unexpected:
             raise CheckpointError(
@@ -708,11 +952,14 @@ class Trainer:
                 raise CheckpointError(f"{path}: EMA is on but the checkpoint has no {EMA_FILE}")
             for k, v in _load_weights(path / EMA_FILE).items():
                 self.ema.shadow[k] = v.to(self.ema.shadow[k].device)
-        optim = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(optim["optimizer"])
-        self.scheduler.load_state_dict(optim["scheduler"])
-        if self.engine.scaler is not None and optim.get("scaler"):
-            self.engine.scaler.load_state_dict(optim["scaler"])
+        if self.engine.zero_stage is None:
+            optim = torch.load(path / OPTIM_FILE, map_location="cpu", weights_only=True)
+            self.optimizer.load_state_dict(optim["optimizer"])
+            self.scheduler.load_state_dict(optim["scheduler"])
+            if self.engine.scaler is not None and optim.get("scaler"):
+                self.engine.scaler.load_state_dict(optim["scaler"])
+        # else: DeepSpeed restored optimizer and scheduler above, or (after fit released its engine)
+        # only the weights and progress are wanted, e.g. to export `best/`
         _set_rng_state(torch.load(path / RNG_FILE, map_location="cpu", weights_only=True))
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
@@ -762,7 +1009,7 @@ class Trainer:
                     remaining_micro = self.micro_per_epoch - self.micro_in_epoch
                     # size of the current accumulation group (a short one ends the epoch)
                     group = min(cfg.grad_accum_steps, len(accum) + remaining_micro)
-                    terms = self._micro_step(batch, group)
+                    terms = self._micro_step(batch, group, boundary=len(accum) + 1 >= group)
                     self.micro_in_epoch += 1
                     accum.append(terms)
                     if len(accum) < group:
@@ -773,7 +1020,8 @@ class Trainer:
                         if _is_oom(exc):
                             raise TrainingOOMError(_oom_message(cfg, self.step)) from None
                         raise
-                    self.scheduler.step()
+                    if not self.engine.steps_scheduler:
+                        self.scheduler.step()
                     self.step += 1
                     if self.ema is not None:
                         self.ema.update(self.model, self.step)
@@ -807,11 +1055,16 @@ class Trainer:
             if bar is not None:
                 bar.close()
         final = self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
-        if self.engine.is_main and not final.exists():
+        if self.engine.collective_checkpoints:  # every rank writes its part; rank 0 decides
+            if not self.engine.broadcast_object(final.exists()):
+                self.save_checkpoint()
+                if self.engine.is_main:
+                    self._prune()
+        elif self.engine.is_main and not final.exists():
             self.save_checkpoint()
             self._prune()
 
-    def _micro_step(self, batch: Any, group: int) -> dict[str, torch.Tensor]:
+    def _micro_step(self, batch: Any, group: int, boundary: bool = True) -> dict[str, torch.Tensor]:
         try:
             batch = self.engine.to_device(batch)
             with self.engine.autocast():
@@ -824,7 +1077,7 @@ class Trainer:
                     f"the loss became {float(loss.detach())} at step {self.step}; lower lr (now {self.config.lr}) "
                     f"or use precision fp32"
                 )
-            self.engine.backward(loss / group)
+            self.engine.backward(loss / group, boundary=boundary)
         except RuntimeError as exc:
             if _is_oom(exc):
                 raise TrainingOOMError(_oom_message(self.config, self.step)) from None
@@ -841,14 +1094,18 @@ class Trainer:
         )
         if do_eval and self.engine.is_main:
             self.evaluate()
+        if do_eval and self.engine.collective_checkpoints and self.engine.broadcast_object(self._best_pending):
+            self.save_checkpoint(self.output_dir / BEST_DIR)  # every rank writes its optimizer partition
+        self._best_pending = False
         do_save = (
             last
             or (cfg.save_every_steps and self.step % cfg.save_every_steps == 0)
             or (epoch_end and cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0)
         )
         if do_save:
-            if self.engine.is_main:
+            if self.engine.is_main or self.engine.collective_checkpoints:
                 self.save_checkpoint()
+            if self.engine.is_main:
                 self._prune()
             self.engine.barrier()
 
