@@ -113,7 +113,7 @@ def main() -> int:
         t = time.perf_counter()
         prepared = []
         for p in names:
-            src = p if args.no_fast_decode else open_for_size(p, scorer.input_size)
+            src = p if args.no_fast_decode else open_for_size(p, scorer.input_size, scorer.config.crop_fraction)
             prepared.append(scorer.prepare(load_image(src, name=p)))
         prep_rate = len(names) / (time.perf_counter() - t)
         model_rates = []
@@ -132,6 +132,8 @@ def main() -> int:
         "fast_decode": not args.no_fast_decode,
         "tta_flip": scorer.config.tta_flip and not args.no_tta,
         "input_size": scorer.input_size,
+        "crop_fraction": scorer.config.crop_fraction,
+        "backbones": getattr(scorer.model, "backbones", [scorer.config.backbone]),
         "import_s": round(import_s, 3),
         "load_s": round(load_s, 3),
         "end_to_end_img_per_s_median": round(statistics.median(rates), 1),
