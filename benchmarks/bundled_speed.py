@@ -70,6 +70,7 @@ def main() -> int:
     ap.add_argument("--no-fast-decode", action="store_true", help="decode JPEGs at full size")
     ap.add_argument("--no-tta", action="store_true", help="skip the mirror-image average")
     ap.add_argument("--folder", type=Path, help="use/keep the JPEGs here instead of a temp folder")
+    ap.add_argument("--model-dir", type=Path, help="a folder written by save_bundled (default: the packaged model)")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
@@ -91,7 +92,7 @@ def main() -> int:
         mp = w * h / 1e6
 
         t = time.perf_counter()
-        scorer = load_bundled(args.device, fast_decode=not args.no_fast_decode)
+        scorer = load_bundled(args.device, path=args.model_dir, fast_decode=not args.no_fast_decode)
         load_s = time.perf_counter() - t
         options = {"tta_flip": False} if args.no_tta else {}
         names = [str(p) for p in paths]

