@@ -47,6 +47,10 @@ VISION_DEFAULTS: dict[str, Any] = dict(
 
 LLM_MODEL_TYPES = ("qwen2", "llama")
 
+# Byte budgets of the vision encoder's largest activation per call (see vision_chunk_size).
+_CPU_CHUNK_BYTES = 32 * 1024 * 1024 - 64 * 1024  # just under glibc's DEFAULT_MMAP_THRESHOLD_MAX
+_ACCEL_CHUNK_BYTES = 2 * 1024**3
+
 
 def pixel_shuffle_v2(features: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     """InternVL2's pixel shuffle (ps_version v2) on a [T, H, W, C] patch grid.
@@ -148,13 +152,43 @@ class HumanAesExpertModel(nn.Module):
         return [m for m in (self.regression_head, self.expert_head, self.metavoter) if m is not None]
 
     def extract_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[T, 3, 448, 448] tiles -> [T, tokens_per_tile, d] LLM-space image tokens."""
+        """[T, 3, 448, 448] tiles -> [T, tokens_per_tile, d] LLM-space image tokens.
+
+        The tiles go through the vision encoder in chunks (`vision_chunk_size`); tiles never
+        interact in the encoder, so chunking changes nothing but speed and peak memory."""
+        chunk = self.vision_chunk_size(pixel_values.shape[0])
+        if pixel_values.shape[0] <= chunk:
+            return self._image_features(pixel_values)
+        return torch.cat([self._image_features(part) for part in pixel_values.split(chunk)])
+
+    def _image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         hidden = self.vision_model(pixel_values=pixel_values).last_hidden_state[:, 1:]  # drop CLS
         t, n, c = hidden.shape
         side = int(round(n**0.5))
         shuffled = pixel_shuffle_v2(hidden.reshape(t, side, side, c), self.config.downsample_ratio)
         return self.projector(shuffled)
+
+    #: Tiles per vision-encoder call; None = automatic (see `vision_chunk_size`).
+    vision_chunk_tiles: int | None = None
+
+    def vision_chunk_size(self, num_tiles: int) -> int:
+        """Tiles per vision-encoder call. Automatic choice: the most tiles whose largest activation
+        (MLP hidden, tokens x intermediate_size) stays under a byte budget. On CPU the budget is
+        glibc's largest mmap threshold (32 MiB): bigger blocks are mmap'ed and page-faulted in
+        afresh on every call; one chunk made a 13-tile image ~5-8% slower and ~0.5 GiB heavier
+        in bf16 than chunks of 3 (docs/benchmarks.md). On accelerators the budget (2 GiB) only
+        bounds peak memory."""
+        if self.vision_chunk_tiles:
+            return max(1, int(self.vision_chunk_tiles))
+        vc = self.vision_model.config
+        image, patch = vc.image_size, vc.patch_size
+        image = image if isinstance(image, (tuple, list)) else (image, image)
+        patch = patch if isinstance(patch, (tuple, list)) else (patch, patch)
+        tokens = (image[0] // patch[0]) * (image[1] // patch[1]) + 1
+        per_tile = tokens * vc.intermediate_size * torch.finfo(self.dtype).bits // 8
+        budget = _CPU_CHUNK_BYTES if self.device.type == "cpu" else _ACCEL_CHUNK_BYTES
+        return max(1, min(num_tiles, budget // per_tile))
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor | None, img_context_id: int) -> torch.Tensor:
         """Token embeddings with the image features written into the `<IMG_CONTEXT>` slots."""
