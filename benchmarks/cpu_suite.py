@@ -103,7 +103,6 @@ def bench_loads(ckpt: dict[str, Path], image: Path, s: Settings, log: Callable[[
         ("humanaes", "humanaes", ckpt["humanaes"], "auto", s.load_repeats),
         ("humanaes_original_layout", "humanaes", ckpt["original"], "auto", max(1, s.load_repeats - 1)),
         ("humanaes_fp32", "humanaes", ckpt["humanaes"], "float32", 1),
-        ("humanaes_streamed_prototype", "humanaes-streamed", ckpt["humanaes"], "auto", max(1, s.load_repeats - 1)),
         ("reference", "official-fp32", ckpt["original"], "auto", s.load_repeats_reference),
     ]
     out: dict[str, Any] = {}
@@ -413,8 +412,6 @@ def _run(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
             "reference_spread": L["reference"]["load_s"]["spread"],
             "humanaes_original_layout": L["humanaes_original_layout"]["load_s"]["median"],
             "humanaes_fp32": L["humanaes_fp32"]["load_s"]["median"],
-            "humanaes_streamed_prototype": L["humanaes_streamed_prototype"]["load_s"]["median"],
-            "humanaes_streamed_prototype_peak_rss_delta_over_checkpoint": L["humanaes_streamed_prototype"]["peak_rss_delta_over_checkpoint"],
             "humanaes_peak_rss_delta_over_checkpoint": L["humanaes"]["peak_rss_delta_over_checkpoint"],
             "reference_peak_rss_delta_over_checkpoint": L["reference"]["peak_rss_delta_over_checkpoint"],
             "target_rss_over_checkpoint": 1.2,

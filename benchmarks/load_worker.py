@@ -6,8 +6,6 @@ Run as a subprocess by the CPU suite so that every load starts from a fresh proc
 kinds:
   humanaes           humanaes.load(folder) (our format or the original layout, auto-detected):
                      meta-device model, tensors streamed from safetensors and assigned in place
-  humanaes-streamed  the same with a PROTOTYPE reader that does not memory-map the file
-                     (benchmarks/lowmem_reader.py), to show what that change would give
   official-fp32      what the release's remote code does through from_pretrained on CPU: build the
                      full model in float32 with random init, read the fp16 state dict, then
                      load_state_dict (upcast copy into the fp32 parameters)
@@ -85,7 +83,7 @@ def load_official_fp32(folder: Path) -> tuple[Any, Any, dict[str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kind", choices=["humanaes", "humanaes-streamed", "official-fp32"], required=True)
+    parser.add_argument("--kind", choices=["humanaes", "official-fp32"], required=True)
     parser.add_argument("--folder", type=Path, required=True)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=1)
@@ -112,11 +110,6 @@ def run_once(kind: str, folder: Path, dtype: str = "auto", threads: int = 1, sco
     base = rss_bytes()
     reset = reset_peak_rss()
     t0 = time.perf_counter()
-    if kind == "humanaes-streamed":
-        import humanaes.checkpoint as ckpt
-        from benchmarks.lowmem_reader import iter_tensors_streamed
-
-        ckpt.iter_tensors = iter_tensors_streamed
     if kind.startswith("humanaes"):
         scorer = humanaes.load(folder, device="cpu", dtype=dtype)
         model = scorer.model

@@ -39,10 +39,6 @@ def cpu_table(res: dict[str, Any]) -> str:
         rows.append(("  - ours from the original layout / ours to fp32, s", _f(ls["humanaes_original_layout"]), "", "", f"fp32: {_f(ls['humanaes_fp32'])} s"))
         rows.append(("peak RSS during load / checkpoint size", _f(L["humanaes"]["peak_rss_delta_over_checkpoint"]),
                      _f(L["reference"]["peak_rss_delta_over_checkpoint"]), "", f"target <= 1.2 (checkpoint {L['humanaes']['checkpoint_bytes'] / GIB:.2f} GiB)"))
-        if "humanaes_streamed_prototype" in L:
-            P = L["humanaes_streamed_prototype"]
-            rows.append(("  - PROTOTYPE non-mmap reader (not in the library): load s / RSS ratio", f"{_f(P['load_s']['median'])} / {_f(P['peak_rss_delta_over_checkpoint'])}",
-                         "", "", "benchmarks/lowmem_reader.py; " + ("meets" if P["peak_rss_delta_over_checkpoint"] <= 1.2 else "does not meet") + " the 1.2 target"))
         if L["humanaes"].get("peak_rss_load_and_score_bytes"):
             rows.append(("peak RSS, load + score 1 photo (fresh process), GiB", _f(L["humanaes"]["peak_rss_load_and_score_bytes"] / GIB),
                          _f(L["reference"]["peak_rss_load_and_score_bytes"] / GIB), "", "ours bf16 fast mode; reference fp32 score()"))

@@ -10,6 +10,7 @@ Models are built on the meta device and the checkpoint's tensors are assigned in
 from __future__ import annotations
 
 import json
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,17 +60,46 @@ def checkpoint_keys(files: list[Path]) -> list[str]:
     return keys
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
 def iter_tensors(files: list[Path], dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream tensors one at a time (cast each to `dtype` if given) to keep peak RAM low."""
+    """Stream tensors one at a time (cast each to `dtype` if given) to keep peak RAM low.
+
+    Safetensors files are read tensor by tensor into owned buffers instead of being memory-mapped:
+    with a map, every page read stays in the process's memory while the map lives, so casting an
+    fp16 checkpoint to bf16 peaked at ~2x its size, and one uncast tensor kept the whole file
+    mapped for the model's lifetime. Reading peaks at the model plus one tensor (~1.1x).
+    """
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                for key in f.keys():
-                    yield key, _cast(f.get_tensor(key), dtype)
+            yield from _read_safetensors(file, dtype)
         else:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             for key in list(state):
-                yield key, _cast(state.pop(key), dtype)
+                yield key, _cast(state.pop(key).clone(), dtype)
+
+
+def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
+    with open(path, "rb", buffering=0) as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        base = 8 + header_len
+        for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+            if meta["dtype"] not in _SAFETENSORS_DTYPES:
+                raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}")
+            start, end = meta["data_offsets"]
+            tensor = torch.empty(meta["shape"], dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
+            raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bf16
+            view = memoryview(raw.numpy()).cast("B")
+            f.seek(base + start)
+            if end > start and f.readinto(view) != end - start:
+                raise CheckpointError(f"{path} is truncated (tensor {key}); download it again")
+            yield key, _cast(tensor, dtype)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
