@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from humanaes.convert import rename_key
 from humanaes.tokenization import PACKAGED_PREFIX, packaged_tokenizer_dir
 
 # (pattern on OUR key, replacement = ORIGINAL key), first match wins (re.fullmatch).
@@ -64,15 +65,6 @@ _LLAMA_QKV = re.compile(r"language_model\.model\.layers\.(\d+)\.self_attn\.(q|k|
 _SKIP = re.compile(r"metavoter\..*")
 
 
-def _rename(key: str, tables: list[list[tuple[str, str]]]) -> str | None:
-    for table in tables:
-        for pattern, replacement in table:
-            m = re.fullmatch(pattern, key)
-            if m:
-                return m.expand(replacement)
-    return None
-
-
 def fuse_internlm2_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, num_kv_heads: int) -> torch.Tensor:
     """[q; k; v] (Llama layout) -> InternLM2 `wqkv`: per kv head, its query heads, key, value."""
     groups = num_heads // num_kv_heads
@@ -110,7 +102,7 @@ def to_original_state_dict(model: Any, dtype: torch.dtype | None = torch.float16
         if internlm2 and (m := _LLAMA_QKV.fullmatch(key)):
             llm_parts.setdefault(m.group(1), {})[m.group(2)] = tensor
             continue
-        new = _rename(key, tables)
+        new = rename_key(key, tables)
         if new is None:
             unknown.append(key)
             continue

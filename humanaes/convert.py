@@ -59,7 +59,8 @@ EXPERT_HEAD = re.compile(r"language_model\.expert_head\.(expert_head[1-4])\.(.+)
 IGNORED = re.compile(r".*(rotary_emb\.inv_freq|\.num_batches_tracked)$")
 
 
-def _rename(key: str, tables: list[list[tuple[str, str]]]) -> str | None:
+def rename_key(key: str, tables: list[list[tuple[str, str]]]) -> str | None:
+    """Apply the first matching (pattern, replacement) of `tables` (re.fullmatch), or None."""
     for table in tables:
         for pattern, replacement in table:
             match = re.fullmatch(pattern, key)
@@ -120,7 +121,7 @@ def convert_state_dict(
         if m := EXPERT_HEAD.fullmatch(key):
             expert_parts.setdefault(m.group(1), {})[m.group(2)] = tensor
             continue
-        new_key = _rename(key, tables)
+        new_key = rename_key(key, tables)
         if new_key is None or new_key not in expected:
             unexpected.append(key)
             continue
