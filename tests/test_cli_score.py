@@ -553,3 +553,17 @@ def test_models_command(monkeypatch: pytest.MonkeyPatch) -> None:
     assert lines[0].split()[:2] == ["name", "kind"] and "humanaes-1b" in lines[2] and "demo only" in lines[3]
     result = CliRunner().invoke(main, ["models", "--json"])
     assert json.loads(result.stdout) == entries
+
+
+def test_threads_option_sets_torch_threads(photos: Path, scorer: PixelScorer) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = _run(str(photos), "--quiet", "--threads", "1")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        bad = _run(str(photos), "--threads", "0")
+        assert bad.exit_code == 2 and "--threads" in bad.output
+    finally:
+        torch.set_num_threads(before)

@@ -82,6 +82,8 @@ def _previous_failures(rows: list[dict[str, Any]]) -> int:
 @click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (the official code's behaviour).")
 @click.option("--retry-errors", is_flag=True, help="When resuming, score again the images whose rows have an error.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for PyTorch (default: PyTorch's). Use 1 on a busy shared machine.")
 @click.pass_context
 def score_command(
     ctx: click.Context,
@@ -98,6 +100,7 @@ def score_command(
     no_exif: bool,
     retry_errors: bool,
     quiet: bool,
+    threads: int | None,
 ) -> None:
     """Score the human images in PATH... (files, folders, .txt/.jsonl manifests).
 
@@ -112,6 +115,10 @@ def score_command(
     # after a minute of model loading.
     if batch_size < 1:
         raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     if max_tiles is not None and max_tiles < 1:
         raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
