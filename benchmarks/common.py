@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections import defaultdict
@@ -166,3 +167,19 @@ def ref_as_dict(r: Any) -> dict[str, Any]:
 
 def env_threads() -> dict[str, str | None]:
     return {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def keeps_torch_threads(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Restore torch's CPU thread count after `fn`: the suites change it for their measurements."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper

@@ -21,6 +21,7 @@ import torch
 from benchmarks import reference as R
 from benchmarks.checkpoints import ensure_checkpoints
 from benchmarks.common import (
+    keeps_torch_threads,
     DEFAULT_IMAGES,
     StageTimer,
     max_abs_diff,
@@ -147,15 +148,8 @@ def bench_loads(ckpt: dict[str, Path], image: Path, s: Settings, log: Callable[[
 # ---------------------------------------------------------------------------------------------
 
 
+@keeps_torch_threads
 def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    try:
-        return _run(args, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     from humanaes import api as humanaes_api
     from humanaes.checkpoint import load_humanaes
     from humanaes.scoring import HumanAesScorer

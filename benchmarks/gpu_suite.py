@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import reference as R
-from benchmarks.common import DEFAULT_IMAGES, max_abs_diff, ours_as_dict, ref_as_dict, select_images
+from benchmarks.common import DEFAULT_IMAGES, max_abs_diff, ours_as_dict, ref_as_dict, select_images, keeps_torch_threads
 from benchmarks.timing import Stats, machine_info
 
 
@@ -62,15 +62,8 @@ def build_random(preset: str, device: torch.device, dtype: torch.dtype, attn: st
     return model.to(device).eval()
 
 
+@keeps_torch_threads
 def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    try:
-        return _run(args, log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run(args: Any, log: Callable[[str], None]) -> dict[str, Any]:
     from humanaes.modeling import choose_attn_implementation
     from humanaes.preprocessing import load_image
     from humanaes.scoring import HumanAesScorer
