@@ -438,14 +438,24 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
     for m, _ in loaded:
         m.config.tta_flip = cfg["model"].tta_flip
         m.config.crop_fraction = cfg["model"].crop_fraction
-    if len(loaded) == 1:
+    face_facts = None
+    if args.face_run:  # the face branch (recipes/train_bundled_face.py) next to the CNN ensemble
+        from train_bundled_face import load_trained_branch
+
+        branch, face_facts = load_trained_branch((REPO / args.face_run).resolve())
+    if len(loaded) == 1 and face_facts is None:
         model = loaded[0][0]
     else:
         model = MiniEnsemble([m.config for m, _ in loaded], tta_flip=cfg["model"].tta_flip)
         for member, (trained, _) in zip(model.members, loaded):
             member.load_state_dict(trained.state_dict())
+        if face_facts is not None:
+            model.attach_face(branch)
     stage = out_dir / "export"
-    save_bundled(model, stage)  # provisional, for the end-to-end evaluation below
+    # float16 storage keeps CNNs + face networks within the package's 25 MB budget; the metrics
+    # below are measured on the stored (float16-rounded) weights.
+    storage = torch.float16 if args.float16 else torch.float32
+    save_bundled(model, stage, storage_dtype=storage)  # provisional, for the end-to-end evaluation below
 
     # End-to-end evaluation through the real scorer on the val image files.
     scorer = load_bundled(path=stage)
@@ -456,6 +466,7 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
     if errors:
         raise DataError(f"{len(errors)} val images failed: {errors[0].error}")
     pred = [r.overall for r in results]
+    face_found = [bool(r.extra.get("face_found")) for r in results]
     target = [r["score"] for r in val_rows]
     names = [r["image_name"] for r in val_rows]
     metrics = regression_metrics(pred, target)
@@ -463,6 +474,8 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
         f"python recipes/train_bundled.py --config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}"
         + "".join(f" --set {o}" for o in args.overrides)
         + "".join(f" --ensemble-with {d}" for d in args.ensemble_with)
+        + (f" --face-run {args.face_run}" if args.face_run else "")
+        + (" --float16" if args.float16 else "")
         + " --evaluate-only --export"
     ]
     meta = {
@@ -478,6 +491,7 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
             "model selection on the val split (226 images)",
             "export_command": command[0],
             "members": [facts for _, facts in loaded],
+            "face_branch": face_facts,
             "git_commit": git_commit(),
             "torch": torch.__version__,
             "python": platform.python_version(),
@@ -490,7 +504,15 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
             "pipeline": "BundledScorer end to end (decode + preprocess + model), mode fast",
         },
     }
-    save_bundled(model, stage, meta)
+    if face_facts is not None:
+        whole = [r.extra.get("whole_image_score", r.overall) for r in results]
+        face_rows = [i for i, f in enumerate(face_found) if f]
+        meta["val_branches"] = {
+            "faces_found": len(face_rows),
+            "whole_image_only": regression_metrics(whole, target),
+            "face_only_on_found": regression_metrics([results[i].extra["face_score"] for i in face_rows], [target[i] for i in face_rows]),
+        }
+    save_bundled(model, stage, meta, storage_dtype=storage)
     if args.export:
         dest = REPO / "humanaes" / "bundled"
         for name in ("humanaes-mini.safetensors", "humanaes-mini.json"):
@@ -507,19 +529,9 @@ def cfg_to_dict(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, default=REPO / "recipes" / "bundled.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (YAML value)")
-    ap.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the best checkpoint")
-    ap.add_argument("--export", action="store_true", help="write the weights + JSON into humanaes/bundled/")
-    ap.add_argument(
-        "--ensemble-with", action="append", default=[], metavar="RUN_DIR",
-        help="also average the best checkpoint of this training run (repeatable; repo-relative)",
-    )
-    args = ap.parse_args(argv)
-
-    cfg = load_recipe(args.config, args.overrides)
+def setup_run(cfg: dict[str, Any]) -> tuple[TrainerConfig, list[dict[str, Any]], list[dict[str, Any]], Path]:
+    """Threads, the two splits and the absolute run folder of a recipe (shared with the face
+    branch's recipe)."""
     tcfg: TrainerConfig = cfg["trainer"]
     if tcfg.num_threads:
         torch.set_num_threads(tcfg.num_threads)
@@ -528,8 +540,25 @@ def main(argv: list[str] | None = None) -> int:
     val_rows = read_split(root, cfg["data"].val, cfg["data"].limit)
     out_dir = REPO / tcfg.output_dir
     tcfg.output_dir = str(out_dir)
-    if tcfg.num_threads:
-        torch.set_num_threads(tcfg.num_threads)
+    return tcfg, train_rows, val_rows, out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, default=REPO / "recipes" / "bundled.yaml")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (YAML value)")
+    ap.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the best checkpoint")
+    ap.add_argument("--export", action="store_true", help="write the weights + JSON into humanaes/bundled/")
+    ap.add_argument("--face-run", metavar="RUN_DIR", help="attach the face branch trained in this run (repo-relative)")
+    ap.add_argument("--float16", action="store_true", help="store the exported weights in float16")
+    ap.add_argument(
+        "--ensemble-with", action="append", default=[], metavar="RUN_DIR",
+        help="also average the best checkpoint of this training run (repeatable; repo-relative)",
+    )
+    args = ap.parse_args(argv)
+
+    cfg = load_recipe(args.config, args.overrides)
+    tcfg, train_rows, val_rows, out_dir = setup_run(cfg)
     if not args.evaluate_only:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "recipe.json").write_text(json.dumps(cfg_to_dict(cfg), indent=2))

@@ -62,6 +62,14 @@ MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 HEADS = ("regression", "expert", "metavoter")
 
 
+def check_config_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`, naming the valid ones."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+
+
 @dataclass
 class MiniConfig:
     """Architecture and preprocessing of a humanaes-mini checkpoint (stored in its JSON)."""
@@ -85,12 +93,7 @@ class MiniConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MiniConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"unknown humanaes-mini config key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}"
-            )
+        check_config_keys(cls, data, "humanaes-mini config")
         values = dict(data)
         for key in ("mean", "std"):
             if values.get(key) is not None:
@@ -536,6 +539,12 @@ class MiniEnsemble(nn.Module):
         )
         self.config.validate()
         self.backbones = [c.backbone for c in configs]
+        self.face: FaceBranch | None = None
+
+    def attach_face(self, branch: "FaceBranch") -> "MiniEnsemble":
+        """Add the face branch: `overall` then mixes in its score for images with a face."""
+        self.face = branch
+        return self
 
     @property
     def inference_optimized(self) -> bool:
@@ -544,6 +553,8 @@ class MiniEnsemble(nn.Module):
     def optimize_for_inference(self) -> "MiniEnsemble":
         for member in self.members:
             member.optimize_for_inference()
+        if self.face is not None:
+            self.face.facenet.fold_affines()
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -551,10 +562,24 @@ class MiniEnsemble(nn.Module):
         return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, tta_flip: bool | None = None) -> dict[str, torch.Tensor]:
+    def predict(
+        self, images: torch.Tensor, tta_flip: bool | None = None, chips: torch.Tensor | None = None,
+        has_face: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Members' mean outputs. With a face branch and `chips` ((M, 3, 150, 150), one per
+        True entry of `has_face` (N,)), `regression` becomes (1 - w) x the members' score +
+        w x the face score on those rows; `cnn` and `face` (NaN without a face) are returned too."""
         flip = self.config.tta_flip if tta_flip is None else tta_flip
         outs = [member.predict(images, tta_flip=flip) for member in self.members]
-        return {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+        out = {k: torch.stack([o[k] for o in outs]).mean(0) for k in outs[0]}
+        if self.face is not None and chips is not None and has_face is not None and bool(has_face.any()):
+            cnn = out["regression"]
+            face = torch.full_like(cnn, float("nan"))
+            face[has_face] = self.face.predict(chips).to(cnn.dtype)
+            w = self.face.config.weight
+            out["cnn"], out["face"] = cnn, face
+            out["regression"] = torch.where(has_face, (1.0 - w) * cnn + w * face.nan_to_num(0.0), cnn)
+        return out
 
 
 def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
@@ -565,3 +590,93 @@ def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float =
     if not mask.any():
         return pred.sum() * 0.0
     return F.relu(margin - diff_p[mask]).mean()
+
+
+# -- face branch ---------------------------------------------------------------------------
+
+
+@dataclass
+class FaceConfig:
+    """The face branch of humanaes-mini: MTCNN landmarks -> aligned chip -> dlib's face ResNet
+    (frozen) -> pooled block features -> a small MLP regression head."""
+
+    chip_size: int = 150  # the face network's input (fixed by its weights)
+    hidden: int = 64
+    dropout: float = 0.2
+    tta_flip: bool = True  # average the pooled features of the chip and its mirror image
+    weight: float = 0.5  # share of the face score in `overall` when a face is found
+    detect_size: int = 120  # the detector runs on a copy with this shorter side
+    min_face_fraction: float = 0.25  # smallest face searched for, x the shorter side (portraits)
+    # JPEGs are decoded reduced (Image.draft) only down to this shorter side, so that a face
+    # filling half the picture still gives the 150-pixel chip real detail
+    min_decode_side: int = 384
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "FaceConfig":
+        check_config_keys(cls, data, "face config")
+        cfg = cls(**dict(data))
+        if not 0.0 <= cfg.weight <= 1.0:
+            raise ConfigError(f"face weight must be in [0, 1], got {cfg.weight!r}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class FaceBranch(nn.Module):
+    """Scores aligned face chips. The detector and the face network are pretrained and frozen;
+    only `head` (with the feature standardisation measured on the training chips) is trained."""
+
+    def __init__(self, config: FaceConfig | None = None):
+        super().__init__()
+        from humanaes.bundled.face import FaceDetector
+        from humanaes.bundled.facenet import POOLED_LEVELS_DIM, DlibFaceResNet
+
+        self.config = config or FaceConfig()
+        self.detector = FaceDetector(detect_size=self.config.detect_size, min_face_fraction=self.config.min_face_fraction)
+        self.facenet = DlibFaceResNet()
+        self.register_buffer("feature_mean", torch.zeros(POOLED_LEVELS_DIM))
+        self.register_buffer("feature_std", torch.ones(POOLED_LEVELS_DIM))
+        self.head = nn.Sequential(
+            nn.Dropout(self.config.dropout),
+            nn.Linear(POOLED_LEVELS_DIM, self.config.hidden),
+            nn.GELU(),
+            nn.Dropout(self.config.dropout),
+            nn.Linear(self.config.hidden, 1),
+        )
+        self.loss_weights = {"regression": 1.0, "rank": 0.0}
+        self.rank_margin = 0.0
+
+    def frozen_parameters(self) -> list[nn.Parameter]:
+        return list(self.detector.parameters()) + list(self.facenet.parameters())
+
+    @torch.no_grad()
+    def chip_features(self, chips: torch.Tensor, tta_flip: bool | None = None) -> torch.Tensor:
+        """uint8 or float chips (N, 3, 150, 150) in [0, 255] -> pooled features (N, 1760)."""
+        x = chips.float()
+        features = self.facenet.pooled_levels(x)
+        if self.config.tta_flip if tta_flip is None else tta_flip:
+            features = (features + self.facenet.pooled_levels(x.flip(-1))) / 2
+        return features
+
+    def score_features(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features - self.feature_mean) / self.feature_std
+        return torch.sigmoid(self.head(z)).squeeze(1)
+
+    @torch.no_grad()
+    def predict(self, chips: torch.Tensor, tta_flip: bool | None = None) -> torch.Tensor:
+        return self.score_features(self.chip_features(chips, tta_flip))
+
+    def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The trainer's hook, on cached chip features: batch features (N, 1760), score (N,)."""
+        pred = self.score_features(batch["features"])
+        score = batch["score"].float()
+        mse = F.mse_loss(pred, score)
+        loss = self.loss_weights["regression"] * mse
+        terms = {"mse": mse.detach()}
+        if self.loss_weights.get("rank", 0.0) and len(score) > 1:
+            rank = pairwise_rank_loss(pred, score, self.rank_margin)
+            terms["rank"] = rank.detach()
+            loss = loss + self.loss_weights["rank"] * rank
+        terms["loss"] = loss
+        return terms

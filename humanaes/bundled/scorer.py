@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from humanaes.api import BaseScorer
-from humanaes.bundled.model import HumanAesMini, MiniConfig, MiniEnsemble
+from humanaes.bundled.face import face_chip
+from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from humanaes.schema import OVERALL, ScoreResult
@@ -39,11 +40,12 @@ BUNDLED_NAME = "humanaes-mini"
 WEIGHTS_FILE = f"{BUNDLED_NAME}.safetensors"
 META_FILE = f"{BUNDLED_NAME}.json"
 FORMAT = "humanaes-mini"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional face branch, weights may be stored in float16
 
 DESCRIPTION = (
-    "humanaes-mini: small CNNs (MobileNetV2 + EfficientNet-Lite0) trained on MEBeauty face photos (train split) to "
-    "predict their mean facial-attractiveness rating, mapped to [0, 1]. It is a fast proxy, NOT "
+    "humanaes-mini: small CNNs (MobileNetV2 + EfficientNet-Lite0) on the whole picture plus a face branch "
+    "(MTCNN-aligned face chip, dlib's face-recognition ResNet, trained MLP head), trained on MEBeauty face photos "
+    "(train split) to predict their mean facial-attractiveness rating, mapped to [0, 1]. It is a fast proxy, NOT "
     "HumanAesExpert: it rates facial attractiveness as judged by MEBeauty's raters, not photo "
     "aesthetics, and has no expert (12-dimension) or LM scores. Weights: non-commercial research "
     "use only (MEBeauty licence). Not for decisions about people."
@@ -53,9 +55,10 @@ DESCRIPTION = (
 # -- preprocessing ---------------------------------------------------------------------------
 
 
-def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0) -> ImageSource:
+def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0, min_side: int = 0) -> ImageSource:
     """Open `source` lazily with a JPEG draft request when it is at least 2x `size`
-    (after the crop: the kept square, `crop_fraction` x the shorter side, stays >= `size`).
+    (after the crop: the kept square, `crop_fraction` x the shorter side, stays >= `size`) and
+    at least 2x `min_side` (the face branch needs detail: its chips are cut from this image).
 
     Returns an unloaded PIL image configured to decode reduced, or `source` itself when the fast
     path does not apply or anything goes wrong (then `load_image` reports the error properly).
@@ -74,7 +77,7 @@ def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
-        need = math.ceil(size / crop_fraction)
+        need = max(math.ceil(size / crop_fraction), min_side)
         if img.format != "JPEG" or img.width * img.height > DEFAULT_MAX_PIXELS or min(img.size) < 2 * need:
             img.close()
             return source
@@ -120,12 +123,15 @@ def _sha256(path: Path) -> str:
 
 
 def save_bundled(
-    model: HumanAesMini | MiniEnsemble, directory: str | os.PathLike, meta: dict[str, Any] | None = None
+    model: HumanAesMini | MiniEnsemble, directory: str | os.PathLike, meta: dict[str, Any] | None = None,
+    *, storage_dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write `<dir>/humanaes-mini.safetensors` and `<dir>/humanaes-mini.json` (atomically).
 
     A single model's JSON has `config`; an ensemble's has `members` (one config each, weights
-    under `members.<i>.`) and `tta_flip`."""
+    under `members.<i>.`), `tta_flip` and, with a face branch, `face` (weights under `face.`).
+    `storage_dtype=torch.float16` halves the file (the package's size budget); loading casts
+    back to float32, and the reported metrics are measured on the stored weights."""
     from safetensors.torch import save_file
 
     if model.inference_optimized:
@@ -134,7 +140,10 @@ def save_bundled(
     directory.mkdir(parents=True, exist_ok=True)
     weights = directory / WEIGHTS_FILE
     tmp = weights.with_name(weights.name + f".tmp-{os.getpid()}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {
+        k: (v.detach().to(storage_dtype) if v.is_floating_point() else v.detach()).cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
     save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
     os.replace(tmp, weights)
     data: dict[str, Any] = {"name": BUNDLED_NAME, "format": FORMAT, "format_version": FORMAT_VERSION}
@@ -142,8 +151,11 @@ def save_bundled(
         data["members"] = [m.config.to_dict() for m in model.members]
         data["tta_flip"] = model.config.tta_flip
         data["crop_fraction"] = model.config.crop_fraction
+        if model.face is not None:
+            data["face"] = model.face.config.to_dict()
     else:
         data["config"] = model.config.to_dict()
+    data["weights_dtype"] = str(storage_dtype).removeprefix("torch.")
     data["weights_sha256"] = _sha256(weights)
     data.update(meta or {})
     meta_path = directory / META_FILE
@@ -185,6 +197,8 @@ def load_model(
             model = MiniEnsemble(
                 configs, tta_flip=bool(meta.get("tta_flip", False)), crop_fraction=meta.get("crop_fraction")
             )
+            if meta.get("face") is not None:
+                model.attach_face(FaceBranch(FaceConfig.from_dict(meta["face"])))
         else:
             model = HumanAesMini(MiniConfig.from_dict(meta["config"]))
         state = load_file(str(weights))
@@ -238,6 +252,7 @@ class BundledScorer(BaseScorer):
             trained_heads=list(self.config.trained_heads),
             tta_flip=self.config.tta_flip,
             crop_fraction=self.config.crop_fraction,
+            face_branch=self.face.config.to_dict() if self.face is not None else None,
             training_data=self.meta.get("training", {}).get("data"),
             licence=self.meta.get("licence"),
             val_metrics=self.meta.get("val_metrics"),
@@ -249,18 +264,40 @@ class BundledScorer(BaseScorer):
         # decoding happens at reduced size; names (and error messages) are unchanged.
         if self.fast_decode:
             size, fraction = self.config.input_size, self.config.crop_fraction
-            batch = [(name, open_for_size(source, size, fraction)) for name, source in batch]
+            min_side = self.face.config.min_decode_side if self.face is not None else 0
+            batch = [(name, open_for_size(source, size, fraction, min_side)) for name, source in batch]
         return super()._run_batch(batch, mode, options)
 
-    def prepare(self, image: Image.Image, **options: Any) -> torch.Tensor:
-        return prepare_image(image, self.config.input_size, self.config.crop_fraction)
+    @property
+    def face(self) -> FaceBranch | None:
+        return getattr(self.model, "face", None)
+
+    def prepare(self, image: Image.Image, **options: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(whole-picture input, aligned face chip or None)."""
+        whole = prepare_image(image, self.config.input_size, self.config.crop_fraction)
+        face = self.face
+        if face is None or options.get("use_face") is False:
+            return whole, None
+        with torch.inference_mode():
+            return whole, face_chip(image, face.detector, face.config.chip_size)
 
     def score_prepared(self, prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
         heads = set(self.config.trained_heads)
-        images = torch.stack(prepared).to(self.device)
+        images = torch.stack([whole for whole, _ in prepared]).to(self.device)
+        has_face = torch.tensor([chip is not None for _, chip in prepared], device=self.device)
+        chips = [chip for _, chip in prepared if chip is not None]
         with torch.inference_mode():
-            out = self.model.predict(images, tta_flip=options.get("tta_flip"))
+            if self.face is not None:
+                out = self.model.predict(
+                    images, tta_flip=options.get("tta_flip"), has_face=has_face,
+                    chips=torch.stack(chips).to(self.device) if chips else None,
+                )
+            else:
+                out = self.model.predict(images, tta_flip=options.get("tta_flip"))
         regression = out["regression"].float().cpu().tolist()
+        branches = (
+            {"cnn": out["cnn"].float().cpu().tolist(), "face": out["face"].float().cpu().tolist()} if "face" in out else None
+        )
         expert = out["expert"].float().cpu().tolist()
         metavoter = out["metavoter"].float().cpu().tolist()
         want_expert = mode in ("expert", "metavoter", "all") and "expert" in heads
@@ -270,6 +307,11 @@ class BundledScorer(BaseScorer):
             r = ScoreResult(image=name)
             if mode in ("fast", "metavoter", "all"):
                 r.regression_score = regression[i]
+            if self.face is not None:  # which branches made the score
+                r.extra["face_found"] = bool(has_face[i])
+                if branches is not None and has_face[i]:
+                    r.extra["whole_image_score"] = branches["cnn"][i]
+                    r.extra["face_score"] = branches["face"][i]
             if want_expert:
                 r.set_expert(expert[i])
             if want_metavoter:
