@@ -221,13 +221,7 @@ def load_jsonl(path: str | os.PathLike, image_root: str | os.PathLike | None = N
     path = Path(path)
     root = Path(image_root) if image_root is not None else default_image_root(path)
     samples: list[Sample] = []
-    for number, obj, json_error in _iter_json_lines(path):
-        if json_error:
-            raise DataError(f"{path}:{number}: {json_error}; fix or remove that line")
-        row = _check_row(obj)
-        if row.fields is None:
-            raise DataError(f"{path}:{number}: {'; '.join(row.problems)}")
-        f = row.fields
+    for number, _, f in _checked_rows(path):
         samples.append(
             Sample(
                 image=root / f["image_name"],
@@ -403,17 +397,21 @@ def _group_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def _read_subset_rows(label_file: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """(raw row, checked fields) of a subset label file; DataError on the first bad row."""
-    rows = []
+def _checked_rows(label_file: Path) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(line number, raw row, checked fields) of a label file; DataError naming file:line on the
+    first bad row."""
     for number, obj, json_error in _iter_json_lines(label_file):
         if json_error:
             raise DataError(f"{label_file}:{number}: {json_error}; fix or remove that line")
         row = _check_row(obj)
         if row.fields is None:
             raise DataError(f"{label_file}:{number}: {'; '.join(row.problems)}")
-        rows.append((obj, row.fields))
-    return rows
+        yield number, obj, row.fields
+
+
+def _read_subset_rows(label_file: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(raw row, checked fields) of a subset label file; DataError on the first bad row."""
+    return [(obj, fields) for _, obj, fields in _checked_rows(label_file)]
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

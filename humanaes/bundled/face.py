@@ -321,8 +321,9 @@ def load_state_from_facenet_pytorch(files: Mapping[str, Path]) -> dict[str, torc
 
 def face_chip(picture: Image.Image, detector: FaceDetector, size: int = 150) -> torch.Tensor | None:
     """The aligned chip (uint8, (3, size, size)) of the most prominent face, or None."""
-    faces = detector.detect(picture)
+    rgb = picture.convert("RGB") if picture.mode != "RGB" else picture
+    faces = detector.detect(rgb)
     if not faces:
         return None
-    chip = aligned_crop(picture.convert("RGB") if picture.mode != "RGB" else picture, faces[0].landmarks, size)
+    chip = aligned_crop(rgb, faces[0].landmarks, size)
     return torch.from_numpy(np.asarray(chip, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
