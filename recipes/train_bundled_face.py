@@ -8,8 +8,9 @@
 
 Pipeline, identical to the bundled scorer's: each image is decoded as the scorer decodes it,
 MTCNN finds the most prominent face and its five landmarks, the face is cut as a 150x150 chip
-aligned to `CHIP_LANDMARKS`, and dlib's face-recognition ResNet (frozen) turns the chip (and its
-mirror image) into pooled block features. Those features are computed once and cached under the
+aligned to `CHIP_LANDMARKS` (plus a second chip showing head, hair and shoulders when
+`face.context_zoom` is set), and dlib's face-recognition ResNet (frozen) turns the chips (and their
+mirror images) into pooled block features (plus the face chip's last 2x2 map with `face.last_map`). Those features are computed once and cached under the
 run folder; the MLP head and its input standardisation are then trained with the project's
 trainer (MSE + pairwise ranking loss, AdamW, EMA, best val PLCC). Images without a detected face
 are left out of training (the scorer then falls back to the CNN ensemble alone).
@@ -43,7 +44,7 @@ sys.path.insert(0, str(REPO / "recipes"))
 
 from train_bundled import regression_metrics, setup_run  # noqa: E402
 
-from humanaes.bundled.face import face_chip, load_state_from_facenet_pytorch  # noqa: E402
+from humanaes.bundled.face import face_chips, load_state_from_facenet_pytorch  # noqa: E402
 from humanaes.bundled.facenet import convert_dlib_dat  # noqa: E402
 from humanaes.bundled.model import FaceBranch, FaceConfig  # noqa: E402
 from humanaes.bundled.scorer import open_for_size  # noqa: E402
@@ -141,16 +142,16 @@ def pretrained_branch(config: FaceConfig) -> FaceBranch:
 
 
 def chip_features(branch: FaceBranch, rows: list[dict[str, Any]], data: FaceDataConfig, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features (N, 1760), has_face (N,)) for the rows, through the scorer's decode path."""
+    """(features (N, feature_dim), has_face (N,)) for the rows, through the scorer's decode path."""
     from tqdm.auto import tqdm
 
-    feats = torch.zeros((len(rows), branch.feature_mean.numel()))
+    feats = torch.zeros((len(rows), branch.config.feature_dim))
     found = torch.zeros(len(rows), dtype=torch.bool)
     for i, row in enumerate(tqdm(rows, desc=f"faces {desc}", dynamic_ncols=True)):
         source = open_for_size(row["path"], data.decode_size, data.decode_crop_fraction, branch.config.min_decode_side)
-        chip = face_chip(load_image(source, name=row["path"]), branch.detector, branch.config.chip_size)
-        if chip is not None:
-            feats[i] = branch.chip_features(chip.unsqueeze(0))[0]
+        chips = face_chips(load_image(source, name=row["path"]), branch.detector, branch.config.chip_size, branch.config.zooms)
+        if chips is not None:
+            feats[i] = branch.chip_features(chips.unsqueeze(0))[0]
             found[i] = True
     return feats, found
 
@@ -161,7 +162,7 @@ def load_feature_cache(branch: FaceBranch, cfg: dict[str, Any], train_rows, val_
     key = json.dumps([
         [r["image_name"] for r in train_rows], [r["image_name"] for r in val_rows],
         data.decode_size, data.decode_crop_fraction, fc.detect_size, fc.min_face_fraction, fc.tta_flip,
-        fc.min_decode_side,
+        fc.min_decode_side, fc.last_map, fc.context_zoom,
     ])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = out_dir / "features.pt"

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from humanaes.bundled import load_bundled
-from humanaes.bundled.face import CHIP_LANDMARKS, _max_pool, aligned_crop, face_chip, similarity_to
-from humanaes.bundled.facenet import POOLED_LEVELS_DIM, DlibFaceResNet, convert_dlib_dat
+from humanaes.bundled.face import CHIP_LANDMARKS, _max_pool, aligned_crop, chip_template, face_chip, face_chips, similarity_to
+from humanaes.bundled.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, convert_dlib_dat
 from humanaes.bundled.model import FaceBranch, FaceConfig
 from humanaes.errors import ConfigError
 from humanaes.trainer import Trainer, TrainerConfig
@@ -48,16 +48,29 @@ def test_similarity_recovers_a_known_transform():
     assert np.abs(mapped - target).max() < 1e-9
 
 
-def test_aligned_crop_moves_a_marked_point_onto_the_template():
+@pytest.mark.parametrize("zoom", [1.0, 2.0])
+def test_aligned_crop_moves_a_marked_point_onto_the_template(zoom):
     picture = Image.new("RGB", (400, 300), (0, 0, 0))
-    marks = CHIP_LANDMARKS * 120 + np.array([150.0, 60.0])  # an upright face, 120 px chip scale
+    offset = np.array([150.0, 60.0])
+    marks = CHIP_LANDMARKS * 120 + offset  # an upright face, 120 px chip scale
     x, y = np.round(marks[2]).astype(int)  # paint a 5x5 square centred on the nose tip
     picture.paste((255, 255, 255), (x - 2, y - 2, x + 3, y + 3))
-    chip = np.asarray(aligned_crop(picture, marks, 150)).sum(-1).astype(float)
+    chip = np.asarray(aligned_crop(picture, marks, 150, zoom)).sum(-1).astype(float)
     rows, cols = np.mgrid[: chip.shape[0], : chip.shape[1]]
     cy, cx = (rows * chip).sum() / chip.sum(), (cols * chip).sum() / chip.sum()  # centroid
-    ex, ey = (CHIP_LANDMARKS[2] * 120 + np.array([150.0, 60.0]) - marks[2] + np.array([x, y]) - np.array([150.0, 60.0])) / 120 * 150
+    # the template point, moved by the rounding of the painted square, in chip pixels: the
+    # picture -> chip scale is 150 / 120 / zoom about the centre of the template
+    template = chip_template(zoom)
+    ex, ey = template[2] * 150 + (np.array([x, y]) - marks[2]) * 150 / 120 / zoom
     assert abs(cx - ex) <= 1.5 and abs(cy - ey) <= 1.5
+
+
+def test_chip_template_zooms_out_about_the_centre():
+    assert np.array_equal(chip_template(1.0), CHIP_LANDMARKS)
+    wide = chip_template(2.0)
+    assert np.allclose(wide - 0.5, (CHIP_LANDMARKS - 0.5) / 2)
+    eye_gap = lambda t: np.linalg.norm(t[1] - t[0])  # noqa: E731
+    assert eye_gap(wide) == pytest.approx(eye_gap(CHIP_LANDMARKS) / 2)
 
 
 def test_dlib_face_network_matches_dlib_on_a_recorded_chip(scorer):
@@ -96,6 +109,14 @@ def test_detector_finds_the_example_faces_with_sane_landmarks(scorer):
         assert face.score > 0.9
         chip = face_chip(picture, detector)
         assert chip is not None and chip.shape == (3, 150, 150) and chip.dtype == torch.uint8
+        chips = face_chips(picture, detector, 150, (1.0, 2.0))
+        assert chips is not None and chips.shape == (2, 3, 150, 150)
+        assert torch.equal(chips[0], chip)
+        # the wide chip holds the face chip, shrunk 2x, at its centre (300 px chips: whole pixels)
+        big = face_chips(picture, detector, 300, (1.0, 2.0)).float()
+        inner = F.avg_pool2d(big[0][None], 2)[0]
+        error = lambda dy, dx: float((big[1][:, 75 + dy : 225 + dy, 75 + dx : 225 + dx] - inner).abs().mean())  # noqa: E731
+        assert error(0, 0) < 0.5 * min(error(6, 0), error(0, 6), error(-6, -6)), name
 
 
 def test_scorer_mixes_face_and_whole_image_scores(scorer):
@@ -146,9 +167,36 @@ def test_face_config_is_checked():
         FaceConfig.from_dict({"weight": 1.5})
 
 
+def test_face_features_with_map_and_context_chip():
+    torch.manual_seed(0)
+    config = FaceConfig.from_dict({"last_map": True, "context_zoom": 2.0})
+    assert config.zooms == (1.0, 2.0)
+    assert config.feature_dim == 2 * POOLED_LEVELS_DIM + LAST_MAP_DIM
+    branch = FaceBranch(config).eval()
+    chips = (torch.rand(3, 2, 3, 150, 150) * 255).to(torch.uint8)
+    got = branch.chip_features(chips)
+    assert got.shape == (3, config.feature_dim)
+    net, x = branch.facenet, chips.float()
+    with torch.no_grad():
+        face = (net.pooled_levels(x[:, 0], True) + net.pooled_levels(x[:, 0].flip(-1), True)) / 2
+        wide = (net.pooled_levels(x[:, 1]) + net.pooled_levels(x[:, 1].flip(-1))) / 2
+    assert torch.allclose(got, torch.cat([face, wide], 1), atol=1e-5)
+    assert branch.predict(chips).shape == (3,)
+    with pytest.raises(ValueError, match="2 chips per face"):
+        branch.chip_features(chips[:, :1])
+    with pytest.raises(ConfigError, match="context_zoom"):
+        FaceConfig.from_dict({"context_zoom": 0.5})
+    # a face config written before these options still loads, as the face chip alone
+    old = FaceConfig.from_dict({"hidden": 256, "dropout": 0.5, "tta_flip": True, "weight": 0.5})
+    assert old.zooms == (1.0,) and old.feature_dim == POOLED_LEVELS_DIM
+
+
 def test_random_init_face_network_shapes():
     net = DlibFaceResNet().eval()
     with torch.no_grad():
         x = torch.rand(2, 3, 150, 150) * 255
         assert net(x).shape == (2, 128)
         assert net.pooled_levels(x).shape == (2, POOLED_LEVELS_DIM)
+        with_map = net.pooled_levels(x, last_map=True)
+        assert with_map.shape == (2, POOLED_LEVELS_DIM + LAST_MAP_DIM)
+        assert torch.equal(with_map[:, :POOLED_LEVELS_DIM], net.pooled_levels(x))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -273,11 +273,17 @@ class FaceDetector(nn.Module):
         return sorted(faces, key=lambda f: -(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) * f.score)
 
 
+def chip_template(zoom: float = 1.0) -> np.ndarray:
+    """`CHIP_LANDMARKS` shrunk `zoom` times about the chip centre: a chip cut to this template
+    shows `zoom` times more of the picture around the face (2.0: head, hair and shoulders)."""
+    return 0.5 + (CHIP_LANDMARKS - 0.5) / zoom
+
+
 def similarity_to(landmarks: np.ndarray, size: int, template: np.ndarray = CHIP_LANDMARKS) -> np.ndarray:
     """Least-squares similarity transform (rotation, uniform scale, shift) mapping the five
     landmarks onto the template scaled to `size`; a 2x3 matrix (Umeyama, no reflection)."""
     src = np.asarray(landmarks, dtype=np.float64)
-    dst = template * size
+    dst = np.asarray(template, dtype=np.float64) * size
     mu_s, mu_d = src.mean(0), dst.mean(0)
     s, d = src - mu_s, dst - mu_d
     cov = d.T @ s / len(src)
@@ -293,16 +299,17 @@ def similarity_to(landmarks: np.ndarray, size: int, template: np.ndarray = CHIP_
     return matrix
 
 
-def aligned_crop(picture: Image.Image, landmarks: np.ndarray, size: int) -> Image.Image:
-    """The size x size face chip whose landmarks sit on `CHIP_LANDMARKS` (bilinear; the picture
-    is first reduced by an integer factor when the chip shrinks it more than 2x, against
+def aligned_crop(picture: Image.Image, landmarks: np.ndarray, size: int, zoom: float = 1.0) -> Image.Image:
+    """The size x size face chip whose landmarks sit on `chip_template(zoom)` (bilinear; the
+    picture is first reduced by an integer factor when the chip shrinks it more than 2x, against
     aliasing). Parts outside the picture are black, as in dlib's chips."""
-    matrix = similarity_to(landmarks, size)
+    template = chip_template(zoom)
+    matrix = similarity_to(landmarks, size, template)
     scale = math.hypot(matrix[0, 0], matrix[0, 1])
     reduce = max(1, int(1.0 / scale / 2.0)) if scale < 0.5 else 1
     if reduce > 1:
         picture = picture.reduce(reduce)
-        matrix = similarity_to(np.asarray(landmarks) / reduce, size)
+        matrix = similarity_to(np.asarray(landmarks) / reduce, size, template)
     # PIL wants the inverse map (output pixel -> input pixel).
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     inv = np.linalg.inv(full)[:2].ravel().tolist()
@@ -319,11 +326,20 @@ def load_state_from_facenet_pytorch(files: Mapping[str, Path]) -> dict[str, torc
     return state
 
 
-def face_chip(picture: Image.Image, detector: FaceDetector, size: int = 150) -> torch.Tensor | None:
-    """The aligned chip (uint8, (3, size, size)) of the most prominent face, or None."""
+def face_chips(
+    picture: Image.Image, detector: FaceDetector, size: int = 150, zooms: Sequence[float] = (1.0,)
+) -> torch.Tensor | None:
+    """The aligned chips (uint8, (len(zooms), 3, size, size)) of the most prominent face, one
+    per zoom (see `chip_template`), or None when no face is found."""
     rgb = picture.convert("RGB") if picture.mode != "RGB" else picture
     faces = detector.detect(rgb)
     if not faces:
         return None
-    chip = aligned_crop(rgb, faces[0].landmarks, size)
-    return torch.from_numpy(np.asarray(chip, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    chips = [np.asarray(aligned_crop(rgb, faces[0].landmarks, size, zoom), dtype=np.uint8) for zoom in zooms]
+    return torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2).contiguous()
+
+
+def face_chip(picture: Image.Image, detector: FaceDetector, size: int = 150) -> torch.Tensor | None:
+    """The aligned chip (uint8, (3, size, size)) of the most prominent face, or None."""
+    chips = face_chips(picture, detector, size)
+    return None if chips is None else chips[0]

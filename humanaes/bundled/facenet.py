@@ -36,6 +36,8 @@ EMBED_DIM = 128
 FEATURE_DIM = 256
 #: Width of `pooled_levels`: every block's channels, summed.
 POOLED_LEVELS_DIM = sum(c * n for c, n, _ in _STAGES)
+#: Width of the last block's map (256 channels x 2 x 2 for a 150-pixel chip).
+LAST_MAP_DIM = _STAGES[-1][0] * 2 * 2
 #: dlib's input_rgb_image_sized defaults; the real values are read from the .dat into `input_mean`.
 _DLIB_RGB_MEAN = (122.782, 117.001, 104.298)
 
@@ -81,8 +83,9 @@ class _Block(nn.Module):
         self.conv2, self.aff2 = _conv(cout, cout, 3, 1), _Affine(cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)))))
-        return F.relu(_add_prev(y, F.avg_pool2d(x, 2, 2) if self.down else x))
+        # in place: both inputs of each relu are fresh tensors, and a new output costs more than the relu
+        y = self.aff2(self.conv2(F.relu(self.aff1(self.conv1(x)), inplace=True)))
+        return F.relu(_add_prev(y, F.avg_pool2d(x, 2, 2) if self.down else x), inplace=True)
 
 
 class DlibFaceResNet(nn.Module):
@@ -100,12 +103,17 @@ class DlibFaceResNet(nn.Module):
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(FEATURE_DIM, EMBED_DIM, bias=False)
+        self.channels_last = False  # set by optimize_for_inference
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.input_mean[:, None, None]) / 256.0  # dlib divides by 256, not 255 or a std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)  # unpadded, like dlib's
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The 256-d globally pooled activations that feed the descriptor layer."""
-        x = (x - self.input_mean[:, None, None]) / 256.0  # dlib divides by 256, not 255 or a std
-        x = F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)  # unpadded, like dlib's
-        return self.blocks(x).mean(dim=(2, 3))
+        return self.blocks(self._stem(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
@@ -128,18 +136,30 @@ class DlibFaceResNet(nn.Module):
         self.affines_folded = True
         return self
 
-    def pooled_levels(self, x: torch.Tensor) -> torch.Tensor:
-        """Global average of every residual block's output, concatenated: (N, 1760).
+    @torch.no_grad()
+    def optimize_for_inference(self) -> "DlibFaceResNet":
+        """Fold the affine layers and switch to channels-last memory format (together about
+        1.4x faster on CPU). Inference only."""
+        self.fold_affines()  # a no-op on layers already folded
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
+        return self
+
+    def pooled_levels(self, x: torch.Tensor, last_map: bool = False) -> torch.Tensor:
+        """Global average of every residual block's output, concatenated: (N, 1760); with
+        `last_map`, followed by the last block's whole 2x2 map, flattened: (N, 1760 + 1024).
 
         The earlier blocks describe skin, texture and shape rather than identity, which the
         attractiveness head needs (on MEBeauty val a head on these beats one on the 256-d
-        final features, 0.74 vs 0.72 PLCC)."""
-        x = (x - self.input_mean[:, None, None]) / 256.0
-        x = F.max_pool2d(F.relu(self.aff1(self.conv1(x))), 3, 2)
+        final features, 0.74 vs 0.72 PLCC). The 2x2 map keeps where things are in the chip
+        (upper/lower, left/right face), which global averages lose."""
+        x = self._stem(x)
         pooled = []
         for block in self.blocks:
             x = block(x)
             pooled.append(x.mean(dim=(2, 3)))
+        if last_map:
+            pooled.append(x.flatten(1))
         return torch.cat(pooled, 1)
 
 

@@ -142,7 +142,8 @@ class ConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.bn(self.conv(x))
-        return F.relu6(x) if self.act else x
+        # in place: allocating a fresh output costs several times the clamp itself on CPU
+        return F.relu6(x, inplace=True) if self.act else x
 
 
 class InvertedResidual(nn.Module):
@@ -212,17 +213,21 @@ class SameConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(cout, eps=1e-3, momentum=0.01)
         self.kernel, self.stride, self.act = kernel, stride, act
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kernel == 1:
-            return x
-        h, w = x.shape[-2:]
+    def _padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) of TF 'SAME' padding for an h x w input."""
         ph = max((math.ceil(h / self.stride) - 1) * self.stride + self.kernel - h, 0)
         pw = max((math.ceil(w / self.stride) - 1) * self.stride + self.kernel - w, 0)
-        return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn(self.conv(self._pad(x)))
-        return F.relu6(x) if self.act else x
+        conv = self.conv
+        left, right, top, bottom = self._padding(*x.shape[-2:]) if self.kernel > 1 else (0, 0, 0, 0)
+        if left == right and top == bottom:  # symmetric (every stride-1 layer): the conv pads, no copy
+            x = F.conv2d(x, conv.weight, conv.bias, conv.stride, (top, left), 1, conv.groups)
+        else:
+            x = conv(F.pad(x, (left, right, top, bottom)))
+        x = self.bn(x)
+        return F.relu6(x, inplace=True) if self.act else x
 
 
 class MBConv(nn.Module):
@@ -554,7 +559,7 @@ class MiniEnsemble(nn.Module):
         for member in self.members:
             member.optimize_for_inference()
         if self.face is not None:
-            self.face.facenet.fold_affines()
+            self.face.facenet.optimize_for_inference()
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -566,7 +571,7 @@ class MiniEnsemble(nn.Module):
         self, images: torch.Tensor, tta_flip: bool | None = None, chips: torch.Tensor | None = None,
         has_face: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Members' mean outputs. With a face branch and `chips` ((M, 3, 150, 150), one per
+        """Members' mean outputs. With a face branch and `chips` ((M, Z, 3, 150, 150), the Z zooms of one face per
         True entry of `has_face` (N,)), `regression` becomes (1 - w) x the members' score +
         w x the face score on those rows; `cnn` and `face` (NaN without a face) are returned too."""
         flip = self.config.tta_flip if tta_flip is None else tta_flip
@@ -604,6 +609,12 @@ class FaceConfig:
     hidden: int = 64
     dropout: float = 0.2
     tta_flip: bool = True  # average the pooled features of the chip and its mirror image
+    # Also feed the face chip's last 2x2 block map (where things are in the face), not only
+    # global averages.
+    last_map: bool = False
+    # > 0: a second chip, cut with the landmarks shrunk this many times about the centre (2.0:
+    # head, hair and shoulders), adds its pooled block features. 0: the face chip only.
+    context_zoom: float = 0.0
     weight: float = 0.5  # share of the face score in `overall` when a face is found
     detect_size: int = 120  # the detector runs on a copy with this shorter side
     min_face_fraction: float = 0.25  # smallest face searched for, x the shorter side (portraits)
@@ -617,7 +628,20 @@ class FaceConfig:
         cfg = cls(**dict(data))
         if not 0.0 <= cfg.weight <= 1.0:
             raise ConfigError(f"face weight must be in [0, 1], got {cfg.weight!r}")
+        if cfg.context_zoom and cfg.context_zoom < 1.0:
+            raise ConfigError(f"face context_zoom must be 0 (off) or >= 1, got {cfg.context_zoom!r}")
         return cfg
+
+    @property
+    def zooms(self) -> tuple[float, ...]:
+        """The chips cut per face (see `humanaes.bundled.face.chip_template`)."""
+        return (1.0, float(self.context_zoom)) if self.context_zoom else (1.0,)
+
+    @property
+    def feature_dim(self) -> int:
+        from humanaes.bundled.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM
+
+        return POOLED_LEVELS_DIM * len(self.zooms) + (LAST_MAP_DIM if self.last_map else 0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -630,16 +654,17 @@ class FaceBranch(nn.Module):
     def __init__(self, config: FaceConfig | None = None):
         super().__init__()
         from humanaes.bundled.face import FaceDetector
-        from humanaes.bundled.facenet import POOLED_LEVELS_DIM, DlibFaceResNet
+        from humanaes.bundled.facenet import DlibFaceResNet
 
         self.config = config or FaceConfig()
         self.detector = FaceDetector(detect_size=self.config.detect_size, min_face_fraction=self.config.min_face_fraction)
         self.facenet = DlibFaceResNet()
-        self.register_buffer("feature_mean", torch.zeros(POOLED_LEVELS_DIM))
-        self.register_buffer("feature_std", torch.ones(POOLED_LEVELS_DIM))
+        dim = self.config.feature_dim
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
         self.head = nn.Sequential(
             nn.Dropout(self.config.dropout),
-            nn.Linear(POOLED_LEVELS_DIM, self.config.hidden),
+            nn.Linear(dim, self.config.hidden),
             nn.GELU(),
             nn.Dropout(self.config.dropout),
             nn.Linear(self.config.hidden, 1),
@@ -652,12 +677,29 @@ class FaceBranch(nn.Module):
 
     @torch.no_grad()
     def chip_features(self, chips: torch.Tensor, tta_flip: bool | None = None) -> torch.Tensor:
-        """uint8 or float chips (N, 3, 150, 150) in [0, 255] -> pooled features (N, 1760)."""
+        """uint8 or float chips in [0, 255], (N, Z, 3, 150, 150) with one chip per configured
+        zoom (or (N, 3, 150, 150) when there is only the face chip) -> features (N, feature_dim).
+
+        The mirror image's features are averaged in without flipping its 2x2 map back, so each
+        map cell describes a region together with its mirror region: a left-right symmetric
+        description that did better in cross-validation on the training split than flipping back."""
+        from humanaes.bundled.facenet import POOLED_LEVELS_DIM
+
         x = chips.float()
-        features = self.facenet.pooled_levels(x)
-        if self.config.tta_flip if tta_flip is None else tta_flip:
-            features = (features + self.facenet.pooled_levels(x.flip(-1))) / 2
-        return features
+        if x.dim() == 4:
+            x = x.unsqueeze(1)
+        n, z = x.shape[:2]
+        if z != len(self.config.zooms):
+            raise ValueError(f"expected {len(self.config.zooms)} chips per face (zooms {self.config.zooms}), got {z}")
+        flat = x.flatten(0, 1)
+        flip = self.config.tta_flip if tta_flip is None else tta_flip
+        # one forward pass for every chip and mirror of the batch
+        features = self.facenet.pooled_levels(torch.cat([flat, flat.flip(-1)]) if flip else flat, self.config.last_map)
+        if flip:
+            features = (features[: n * z] + features[n * z :]) / 2
+        features = features.view(n, z, -1)
+        parts = [features[:, 0]] + [features[:, i, :POOLED_LEVELS_DIM] for i in range(1, z)]
+        return torch.cat(parts, 1)
 
     def score_features(self, features: torch.Tensor) -> torch.Tensor:
         z = (features - self.feature_mean) / self.feature_std
@@ -668,7 +710,7 @@ class FaceBranch(nn.Module):
         return self.score_features(self.chip_features(chips, tta_flip))
 
     def compute_loss(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The trainer's hook, on cached chip features: batch features (N, 1760), score (N,)."""
+        """The trainer's hook, on cached chip features: batch features (N, feature_dim), score (N,)."""
         pred = self.score_features(batch["features"])
         score = batch["score"].float()
         mse = F.mse_loss(pred, score)

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from humanaes.api import BaseScorer
-from humanaes.bundled.face import face_chip
+from humanaes.bundled.face import face_chips
 from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
@@ -273,13 +273,13 @@ class BundledScorer(BaseScorer):
         return getattr(self.model, "face", None)
 
     def prepare(self, image: Image.Image, **options: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(whole-picture input, aligned face chip or None)."""
+        """(whole-picture input, aligned face chips (one per zoom) or None)."""
         whole = prepare_image(image, self.config.input_size, self.config.crop_fraction)
         face = self.face
         if face is None or options.get("use_face") is False:
             return whole, None
         with torch.inference_mode():
-            return whole, face_chip(image, face.detector, face.config.chip_size)
+            return whole, face_chips(image, face.detector, face.config.chip_size, face.config.zooms)
 
     def score_prepared(self, prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
         heads = set(self.config.trained_heads)
