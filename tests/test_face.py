@@ -33,9 +33,11 @@ def scorer():
 
 
 @pytest.mark.parametrize("shape,kernel,stride", [((2, 10, 78, 105), 2, 2), ((4, 28, 22, 22), 3, 2), ((1, 3, 7, 8), 3, 2), ((3, 64, 9, 9), 2, 2)])
-def test_max_pool_matches_torch_ceil_mode(shape, kernel, stride):
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_max_pool_matches_torch_ceil_mode(shape, kernel, stride, layout):
     x = torch.randn(shape)
-    assert torch.equal(_max_pool(x, kernel, stride), F.max_pool2d(x, kernel, stride, ceil_mode=True))
+    expected = F.max_pool2d(x, kernel, stride, ceil_mode=True)
+    assert torch.equal(_max_pool(x.contiguous(memory_format=layout), kernel, stride), expected)
 
 
 def test_similarity_recovers_a_known_transform():
