@@ -9,6 +9,8 @@ Also prints the decode+preprocess-only and the model-only rates to show where ti
 
     .venv/bin/python benchmarks/bundled_speed.py                 # 2 threads, batch 16
     .venv/bin/python benchmarks/bundled_speed.py --threads 1 --no-tta
+    .venv/bin/python benchmarks/bundled_speed.py --compare-dtype float32   # bfloat16 vs float32, side by side
+    .venv/bin/python benchmarks/bundled_speed.py --compare-model-dir OLD   # this model vs another, side by side
 
 This is a benchmark, not a test: numbers depend on the machine and on what else runs on it.
 """
@@ -71,9 +73,12 @@ def main() -> int:
     ap.add_argument("--no-tta", action="store_true", help="skip the mirror-image average")
     ap.add_argument("--folder", type=Path, help="use/keep the JPEGs here instead of a temp folder")
     ap.add_argument("--model-dir", type=Path, help="a folder written by save_bundled (default: the packaged model)")
+    ap.add_argument("--dtype", default="auto", help="compute dtype: auto (bfloat16 on CPUs with bfloat16 units), float32, bfloat16")
     ap.add_argument("--compare-model-dir", type=Path,
                     help="also time this model, alternating with the first one repeat by repeat (a ratio that "
                          "holds on a busy machine)")
+    ap.add_argument("--compare-dtype", help="compute dtype of the compared model (default: --dtype); alone, compares "
+                                            "the same model in two dtypes")
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
 
@@ -95,12 +100,16 @@ def main() -> int:
         mp = w * h / 1e6
 
         t = time.perf_counter()
-        scorer = load_bundled(args.device, path=args.model_dir, fast_decode=not args.no_fast_decode)
+        scorer = load_bundled(args.device, path=args.model_dir, fast_decode=not args.no_fast_decode, dtype=args.dtype)
         load_s = time.perf_counter() - t
         options = {"tta_flip": False} if args.no_tta else {}
         names = [str(p) for p in paths]
 
-        other = load_bundled(args.device, path=args.compare_model_dir, fast_decode=not args.no_fast_decode) if args.compare_model_dir else None
+        compare = args.compare_model_dir is not None or args.compare_dtype is not None
+        other = load_bundled(
+            args.device, path=args.compare_model_dir or args.model_dir, fast_decode=not args.no_fast_decode,
+            dtype=args.compare_dtype or args.dtype,
+        ) if compare else None
         scorer.score(names[: args.batch_size], batch_size=args.batch_size, **options)  # warm-up
         if other is not None:
             other.score(names[: args.batch_size], batch_size=args.batch_size, **options)
@@ -142,6 +151,7 @@ def main() -> int:
         "cpu_count": os.cpu_count(),
         "fast_decode": not args.no_fast_decode,
         "tta_flip": scorer.config.tta_flip and not args.no_tta,
+        "compute_dtype": str(scorer.compute_dtype).removeprefix("torch."),
         "input_size": scorer.input_size,
         "crop_fraction": scorer.config.crop_fraction,
         "backbones": getattr(scorer.model, "backbones", [scorer.config.backbone]),
@@ -154,17 +164,19 @@ def main() -> int:
         "model_only_img_per_s_median": round(statistics.median(model_rates), 1),
         "load_avg_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"humanaes-mini: {report['end_to_end_img_per_s_median']} img/s end to end (median of {args.repeats}), "
+    print(f"humanaes-mini ({report['compute_dtype']}): {report['end_to_end_img_per_s_median']} img/s end to end (median of {args.repeats}), "
           f"model load {report['load_s']} s, on {report['jpeg_size']} JPEGs")
     if other is not None:
         report["compared_model"] = {
-            "model_dir": str(args.compare_model_dir),
+            "model_dir": str(args.compare_model_dir or args.model_dir or "packaged"),
+            "compute_dtype": str(other.compute_dtype).removeprefix("torch."),
             "end_to_end_img_per_s_median": round(statistics.median(other_rates), 1),
             "end_to_end_img_per_s_all": [round(r, 1) for r in other_rates],
             "end_to_end_img_per_s_best": round(max(other_rates), 1),
             "speed_ratio_median": round(statistics.median(r / o for r, o in zip(rates, other_rates)), 3),
         }
-        print(f"compared with {args.compare_model_dir}: {report['compared_model']['end_to_end_img_per_s_median']} img/s; "
+        print(f"compared with {report['compared_model']['model_dir']} ({report['compared_model']['compute_dtype']}): "
+              f"{report['compared_model']['end_to_end_img_per_s_median']} img/s; "
               f"ratio {report['compared_model']['speed_ratio_median']} (median of per-repeat ratios)")
     print(json.dumps(report, indent=2))
     return 0

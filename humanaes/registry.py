@@ -124,7 +124,7 @@ def load(
         from humanaes.bundled import load_bundled
 
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
-        scorer = load_bundled(str(dev), path=folder)
+        scorer = load_bundled(str(dev), path=folder, dtype=dtype)
         scorer.apply_exif = apply_exif
         return scorer
     assert path is not None

@@ -457,19 +457,32 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
     storage = torch.float16 if args.float16 else torch.float32
     save_bundled(model, stage, storage_dtype=storage)  # provisional, for the end-to-end evaluation below
 
-    # End-to-end evaluation through the real scorer on the val image files.
-    scorer = load_bundled(path=stage)
-    t0 = time.perf_counter()
-    results = scorer.score([r["path"] for r in val_rows], batch_size=32)
-    seconds = time.perf_counter() - t0
-    errors = [r for r in results if not r.ok]
-    if errors:
-        raise DataError(f"{len(errors)} val images failed: {errors[0].error}")
+    # End-to-end evaluation through the real scorer on the val image files: float32 (the
+    # reference numbers, the same on every machine), then bfloat16 (what `dtype="auto"` runs on
+    # CPUs with bfloat16 units).
+    target = [r["score"] for r in val_rows]
+
+    def evaluate(dtype: str) -> tuple[list[Any], float]:
+        scorer = load_bundled(path=stage, dtype=dtype)
+        t0 = time.perf_counter()
+        results = scorer.score([r["path"] for r in val_rows], batch_size=32)
+        errors = [r for r in results if not r.ok]
+        if errors:
+            raise DataError(f"{len(errors)} val images failed: {errors[0].error}")
+        return results, time.perf_counter() - t0
+
+    results, seconds = evaluate("float32")
     pred = [r.overall for r in results]
     face_found = [bool(r.extra.get("face_found")) for r in results]
-    target = [r["score"] for r in val_rows]
     names = [r["image_name"] for r in val_rows]
     metrics = regression_metrics(pred, target)
+    results_bf16, _ = evaluate("bfloat16")
+    pred_bf16 = [r.overall for r in results_bf16]
+    metrics_bf16 = {
+        **regression_metrics(pred_bf16, target),
+        "mean_abs_diff_from_float32": float(np.mean(np.abs(np.subtract(pred_bf16, pred)))),
+        "max_abs_diff_from_float32": float(np.max(np.abs(np.subtract(pred_bf16, pred)))),
+    }
     command = [
         f"python recipes/train_bundled.py --config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}"
         + "".join(f" --set {o}" for o in args.overrides)
@@ -497,11 +510,12 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
             "python": platform.python_version(),
         },
         "val_metrics": metrics,
+        "val_metrics_bfloat16": metrics_bf16,
         "val_subgroups": subgroup_metrics(names, pred, target),
         "val_eval": {
             "images": len(val_rows),
             "seconds": seconds,
-            "pipeline": "BundledScorer end to end (decode + preprocess + model), mode fast",
+            "pipeline": "BundledScorer end to end (decode + preprocess + model), mode fast, float32",
         },
     }
     if face_facts is not None:
@@ -518,7 +532,7 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
         for name in ("humanaes-mini.safetensors", "humanaes-mini.json"):
             shutil.copyfile(stage / name, dest / name)
         print(f"exported to {dest}")
-    print(json.dumps({"val_metrics": metrics}, indent=2))
+    print(json.dumps({"val_metrics": metrics, "val_metrics_bfloat16": metrics_bf16}, indent=2))
     return meta
 
 

@@ -286,3 +286,58 @@ def test_crop_fraction_zooms_on_the_centre():
     assert zoomed.getpixel((2, 2)) == (255, 0, 0) and full.getpixel((2, 2)) == (0, 0, 255)
     with pytest.raises(ConfigError, match="crop_fraction"):
         MiniConfig(crop_fraction=0.2).validate()
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 1, 12), (5, 1, 11), (3, 2, 12), (5, 2, 13), (3, 2, 7)])
+def test_same_padding_matches_tensorflow_rule(kernel, stride, size):
+    """SameConvBN lets the convolution pad when TF 'SAME' padding is symmetric and pads
+    explicitly (extra pixel bottom/right) otherwise: both give TF's numbers."""
+    import math
+
+    import torch.nn.functional as F
+
+    from humanaes.bundled.model import SameConvBN
+
+    torch.manual_seed(0)
+    layer = SameConvBN(4, 6, kernel, stride, act=False).eval()
+    x = torch.randn(2, 4, size, size)
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    padded = F.pad(x, (total // 2, total - total // 2, total // 2, total - total // 2))
+    expected = layer.bn(F.conv2d(padded, layer.conv.weight, None, stride))
+    with torch.no_grad():
+        got = layer(x)
+    assert got.shape == (2, 6, math.ceil(size / stride), math.ceil(size / stride))
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_compute_dtype_choice(monkeypatch):
+    from humanaes import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    assert runtime.resolve_compute_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    assert runtime.resolve_compute_dtype("auto", cpu) == torch.float32
+    assert runtime.resolve_compute_dtype(None, cpu) == torch.float32
+    assert runtime.resolve_compute_dtype("bf16", cpu) == torch.bfloat16
+    assert runtime.resolve_compute_dtype("float32", cpu) == torch.float32
+    with pytest.raises(HumanAesError, match="float16"):
+        runtime.resolve_compute_dtype("float16", cpu)
+    with pytest.raises(HumanAesError, match="unknown dtype"):
+        runtime.resolve_compute_dtype("int8", cpu)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    """The networks run under bfloat16 autocast; the features and heads stay float32, so scores
+    move by about 1e-3 (val: mean 0.002), never by a rating level's worth."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    images = [examples / "grace_hopper.jpg", examples / "astronaut.png", Image.new("RGB", (320, 240), (90, 140, 200))]
+    exact = load_bundled(dtype="float32")
+    fast = load_bundled(dtype="bfloat16")
+    assert exact.compute_dtype == torch.float32 and fast.compute_dtype == torch.bfloat16
+    assert fast.describe()["compute_dtype"] == "bfloat16"
+    for a, b in zip(exact.score(images, batch_size=3), fast.score(images, batch_size=3)):
+        assert a.ok and b.ok
+        assert isinstance(b.overall, float)
+        assert abs(a.overall - b.overall) < 0.02
+        assert a.extra.get("face_found") == b.extra.get("face_found")

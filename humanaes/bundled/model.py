@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from humanaes.errors import CheckpointError, ConfigError
+from humanaes.runtime import autocast_to
 from humanaes.schema import APPEARANCE_LEAVES, ENVIRONMENT, FACE_LEAVES, NUM_DIMENSIONS, OVERALL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -433,6 +434,9 @@ class HumanAesMini(nn.Module):
         self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
         self.inference_optimized = False
+        # The backbone may run under autocast (bfloat16 on CPUs with bfloat16 units); the pooled
+        # features and the heads stay float32.
+        self.compute_dtype = torch.float32
         # Loss options (training only; not part of the checkpoint's architecture).
         self.loss_weights = {"regression": 1.0, "expert": 1.0, "rank": 0.0}
         self.rank_margin = 0.0
@@ -448,7 +452,9 @@ class HumanAesMini(nn.Module):
         x = self.normalize(images)
         if self.inference_optimized:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x).mean(dim=(2, 3))
+        with autocast_to(x.device, self.compute_dtype):
+            maps = self.backbone(x)
+        return maps.float().mean(dim=(2, 3))
 
     @torch.no_grad()
     def optimize_for_inference(self) -> "HumanAesMini":
@@ -470,6 +476,11 @@ class HumanAesMini(nn.Module):
                 module.conv, module.bn = fused, nn.Identity()
         self.to(memory_format=torch.channels_last)
         self.inference_optimized = True
+        return self
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "HumanAesMini":
+        """Run the backbone under autocast to `dtype` (the heads stay float32)."""
+        self.compute_dtype = dtype
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -560,6 +571,13 @@ class MiniEnsemble(nn.Module):
             member.optimize_for_inference()
         if self.face is not None:
             self.face.facenet.optimize_for_inference()
+        return self
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> "MiniEnsemble":
+        """Run the networks (CNN backbones, face network) under autocast to `dtype`; the detector,
+        the pooled features and the heads stay float32."""
+        for module in [*self.members, *([self.face] if self.face is not None else [])]:
+            module.compute_dtype = dtype
         return self
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -671,6 +689,7 @@ class FaceBranch(nn.Module):
         )
         self.loss_weights = {"regression": 1.0, "rank": 0.0}
         self.rank_margin = 0.0
+        self.compute_dtype = torch.float32  # of the face network (see MiniEnsemble.set_compute_dtype)
 
     def frozen_parameters(self) -> list[nn.Parameter]:
         return list(self.detector.parameters()) + list(self.facenet.parameters())
@@ -694,7 +713,9 @@ class FaceBranch(nn.Module):
         flat = x.flatten(0, 1)
         flip = self.config.tta_flip if tta_flip is None else tta_flip
         # one forward pass for every chip and mirror of the batch
-        features = self.facenet.pooled_levels(torch.cat([flat, flat.flip(-1)]) if flip else flat, self.config.last_map)
+        with autocast_to(x.device, self.compute_dtype):
+            features = self.facenet.pooled_levels(torch.cat([flat, flat.flip(-1)]) if flip else flat, self.config.last_map)
+        features = features.float()
         if flip:
             features = (features[: n * z] + features[n * z :]) / 2
         features = features.view(n, z, -1)

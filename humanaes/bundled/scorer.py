@@ -34,6 +34,7 @@ from humanaes.bundled.face import face_chips
 from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
 
 BUNDLED_NAME = "humanaes-mini"
@@ -243,6 +244,11 @@ class BundledScorer(BaseScorer):
     def input_size(self) -> int:
         return self.config.input_size
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        members = getattr(self.model, "members", [self.model])
+        return members[0].compute_dtype
+
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
@@ -252,6 +258,7 @@ class BundledScorer(BaseScorer):
             trained_heads=list(self.config.trained_heads),
             tta_flip=self.config.tta_flip,
             crop_fraction=self.config.crop_fraction,
+            compute_dtype=str(self.compute_dtype).removeprefix("torch."),
             face_branch=self.face.config.to_dict() if self.face is not None else None,
             training_data=self.meta.get("training", {}).get("data"),
             licence=self.meta.get("licence"),
@@ -328,14 +335,23 @@ class BundledScorer(BaseScorer):
         return results
 
 
-def load_bundled(device: str = "cpu", *, path: str | os.PathLike | None = None, fast_decode: bool = True) -> BundledScorer:
-    """The packaged humanaes-mini scorer (or one saved by `save_bundled` in `path`)."""
+def load_bundled(
+    device: str = "cpu", *, path: str | os.PathLike | None = None, fast_decode: bool = True,
+    dtype: str | torch.dtype | None = "auto",
+) -> BundledScorer:
+    """The packaged humanaes-mini scorer (or one saved by `save_bundled` in `path`).
+
+    `dtype` is the networks' compute dtype: "auto" = bfloat16 on CPUs with bfloat16 units (2-3x
+    faster there; scores differ from float32 by about 0.002 on average), float32 elsewhere;
+    "float32" for exact results everywhere."""
     try:
         torch_device = torch.device(device)
     except RuntimeError:
         raise HumanAesError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    compute_dtype = resolve_compute_dtype(dtype, torch_device)
     start = time.perf_counter()
     model, meta = load_model(path, device=str(torch_device), optimize=True)
+    model.set_compute_dtype(compute_dtype)
     scorer = BundledScorer(model, meta, fast_decode=fast_decode)
     scorer.load_seconds = time.perf_counter() - start
     return scorer

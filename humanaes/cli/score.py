@@ -72,7 +72,9 @@ def _previous_failures(rows: list[dict[str, Any]]) -> int:
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per forward pass.")
 @click.option("--max-tiles", type=int, default=None, help="Most 448px tiles per image (default: the model's).")
 @click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPES, case_sensitive=False), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES, case_sensitive=False), default="auto", show_default=True,
+              help="Compute dtype. auto: the checkpoint's half precision on GPUs; for the bundled model, bfloat16 "
+                   "on CPUs with bfloat16 units (2-3x faster, scores within ~0.002 of float32), else float32.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Output file (.csv, .jsonl or .parquet); an existing one is resumed.")
 @click.option("--format", "fmt", type=click.Choice(("table", "csv", "jsonl", "parquet"), case_sensitive=False),
