@@ -180,7 +180,10 @@ COLUMNS: tuple[str, ...] = (
     "error",
     "model",
     "mode",
+    "extra",  # model-specific facts as JSON text, e.g. the bundled model's {"face_found": true, ...}
 )
+#: The columns of files written before `extra` existed: such files are still resumed, in their layout.
+LEGACY_COLUMNS: tuple[str, ...] = COLUMNS[:-1]
 
 Row = dict[str, Any]
 
@@ -199,6 +202,7 @@ def flat_row(result: ScoreResult, *, model: str | None, mode: str | None) -> Row
         error=result.error,
         model=model,
         mode=mode,
+        extra=json.dumps(result.extra, sort_keys=True, separators=(",", ":")) if result.extra else None,
     )
     if result.level_probs:
         for level, column in zip(LEVELS, PROB_COLUMNS):
@@ -371,14 +375,16 @@ def _csv_complete_length(data: str) -> int:
 
 
 class CsvWriter(ResultWriter):
-    """Appendable CSV with exactly COLUMNS; the header is written once."""
+    """Appendable CSV with exactly COLUMNS (or LEGACY_COLUMNS when resuming such a file); the
+    header is written once."""
 
     def __init__(self, path: Path, *, warn: Warn = _stderr_warning):
         super().__init__()
         self.path = path
         self._need_header = True
+        self.columns = COLUMNS
         if path.exists() and path.stat().st_size > 0:
-            self.existing = self._read_existing(path, warn)
+            self.existing, self.columns = self._read_existing(path, warn)
             self._need_header = path.stat().st_size == 0  # a torn header was removed
         self._file = _AppendFile(path)
 
@@ -391,7 +397,8 @@ class CsvWriter(ResultWriter):
         return buf.getvalue()
 
     @staticmethod
-    def _read_existing(path: Path, warn: Warn) -> list[Row]:
+    def _read_existing(path: Path, warn: Warn) -> tuple[list[Row], tuple[str, ...]]:
+        """(rows, the file's columns) of an existing output."""
         raw = _read_bytes(path)
         try:
             text = raw.decode("utf-8")
@@ -402,7 +409,7 @@ class CsvWriter(ResultWriter):
         if complete == 0 and header.startswith(text):
             # A run was killed while writing the header: start the file again.
             _truncate(path, 0)
-            return []
+            return [], COLUMNS
         if complete < len(text):
             if complete == 0:
                 raise HumanAesError(f"--out {path} exists but is not a humanaes CSV output; choose another --out")
@@ -410,23 +417,26 @@ class CsvWriter(ResultWriter):
             _truncate(path, len(text[:complete].encode("utf-8")))
             text = text[:complete]
         records = list(csv.reader(io.StringIO(text, newline="")))
-        if not records or tuple(records[0]) != COLUMNS:
+        if not records or tuple(records[0]) not in (COLUMNS, LEGACY_COLUMNS):
             raise HumanAesError(
                 f"--out {path} exists but is not a humanaes CSV output (its header differs); choose another --out"
             )
+        columns = tuple(records[0])
+        if columns == LEGACY_COLUMNS:
+            warn(f"{path} was written by an older humanaes, without the `extra` column; new rows keep its columns")
         rows: list[Row] = []
         for number, record in enumerate(records[1:], start=2):
-            if len(record) != len(COLUMNS) or not record[0]:
+            if len(record) != len(columns) or not record[0]:
                 raise HumanAesError(f"--out {path}: record {number} is malformed; fix or remove it, or choose another --out")
-            rows.append({c: _csv_value(c, v) for c, v in zip(COLUMNS, record)})
-        return rows
+            rows.append(flat_row_checked({c: _csv_value(c, v) for c, v in zip(columns, record)}))
+        return rows, columns
 
     def write_batch(self, results: Sequence[ScoreResult], *, model: str | None, mode: str | None) -> None:
         if results:
             rows = [flat_row(r, model=model, mode=mode) for r in results]
-            records = [[row[c] for c in COLUMNS] for row in rows]
+            records = [[row[c] for c in self.columns] for row in rows]
             if self._need_header:
-                records.insert(0, list(COLUMNS))  # header and first rows in one write
+                records.insert(0, list(self.columns))  # header and first rows in one write
             self._file.append(self._render(records))
             self._need_header = False
 
@@ -545,11 +555,12 @@ class ParquetWriter(ResultWriter):
             table = self._pq.read_table(path)
         except Exception:  # noqa: BLE001 - pyarrow raises several types for "not parquet"
             raise HumanAesError(f"--out {path} exists but is not a Parquet file; choose another --out") from None
-        if tuple(table.column_names) != COLUMNS:
+        if tuple(table.column_names) not in (COLUMNS, LEGACY_COLUMNS):
             raise HumanAesError(
                 f"--out {path} exists but is not a humanaes Parquet output (its columns differ); choose another --out"
             )
-        return table.to_pylist()
+        # a file from before the `extra` column is rewritten with it (empty) when the run closes
+        return [flat_row_checked(row) for row in table.to_pylist()]
 
     def write_batch(self, results: Sequence[ScoreResult], *, model: str | None, mode: str | None) -> None:
         if results and self._file is not None:
@@ -583,7 +594,7 @@ def journal_path(path: Path) -> Path:
 
 
 def flat_row_checked(row: Mapping[str, Any]) -> Row:
-    """A journal row restricted to COLUMNS (journal rows are flat already)."""
+    """A flat row (journal, or a file from before `extra`) with exactly COLUMNS; missing ones are None."""
     return {c: row.get(c) for c in COLUMNS}
 
 

@@ -189,8 +189,9 @@ def test_columns() -> None:
     assert hio.COLUMNS[6:11] == ("prob_bad", "prob_poor", "prob_fair", "prob_good", "prob_excellent")
     assert hio.DIMENSION_COLUMNS[0] == "facial_brightness"
     assert hio.DIMENSION_COLUMNS[10] == "general_appearance_aesthetic_score"
-    assert hio.COLUMNS[-4:] == ("annotation", "error", "model", "mode")
-    assert len(hio.COLUMNS) == 6 + 5 + 12 + 4
+    assert hio.COLUMNS[-5:] == ("annotation", "error", "model", "mode", "extra")
+    assert len(hio.COLUMNS) == 6 + 5 + 12 + 5
+    assert hio.LEGACY_COLUMNS == hio.COLUMNS[:-1]
 
 
 @pytest.mark.parametrize(
@@ -264,6 +265,65 @@ def test_csv_output_columns_values_and_resume(tmp_path: Path, photos: Path, scor
     rows = _csv_rows(out)
     assert len(rows) == 6 and len({r["image"] for r in rows}) == 6
     assert out.read_text().count("image,overall") == 1
+
+
+def _with_extra(scorer: PixelScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Results carry model-specific facts in `extra`, as the bundled model's face branch does."""
+    plain = scorer.score_prepared
+
+    def score_prepared(prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
+        results = plain(prepared, names, mode, **options)
+        for r in results:
+            r.extra = {"face_found": r.overall > 0.5, "face_score": round(r.overall, 3)} if r.overall > 0.5 else {"face_found": False}
+        return results
+
+    monkeypatch.setattr(scorer, "score_prepared", score_prepared)
+
+
+def test_extra_facts_travel_in_csv_and_parquet(tmp_path: Path, photos: Path, scorer: PixelScorer,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_extra(scorer, monkeypatch)
+    out = tmp_path / "scores.csv"
+    assert _run(str(photos), "--out", str(out)).exit_code == 0
+    rows = {Path(r["image"]).name: r for r in _csv_rows(out)}
+    assert json.loads(rows["a.jpg"]["extra"]) == {"face_found": False}
+    bright = json.loads(rows["b.png"]["extra"])
+    assert bright["face_found"] is True and bright["face_score"] == pytest.approx(float(rows["b.png"]["overall"]), abs=1e-3)
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "scores.parquet"
+    assert _run(str(photos), "--out", str(out)).exit_code == 0
+    extra = {Path(i).name: e for i, e in zip(pq.read_table(out).column("image").to_pylist(), pq.read_table(out).column("extra").to_pylist())}
+    assert json.loads(extra["a.jpg"]) == {"face_found": False}
+
+
+def test_outputs_from_before_the_extra_column_still_resume(tmp_path: Path, photos: Path, scorer: PixelScorer,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    _with_extra(scorer, monkeypatch)
+    old = hio.flat_row(ScoreResult(image=str((photos / "a.jpg").resolve())).finalize(0.1), model="pixel-test", mode="fast")
+    legacy_csv = tmp_path / "old.csv"
+    legacy_csv.write_text(hio.CsvWriter._render([list(hio.LEGACY_COLUMNS), [old[c] for c in hio.LEGACY_COLUMNS]]))
+    result = _run(str(photos), "--out", str(legacy_csv))
+    assert result.exit_code == 0, result.output
+    assert "without the `extra` column" in result.stderr and "1 skipped" in result.stderr
+    with open(legacy_csv, newline="") as fh:
+        records = list(csv.reader(fh))
+    assert tuple(records[0]) == hio.LEGACY_COLUMNS and len(records) == 6
+    assert all(len(r) == len(hio.LEGACY_COLUMNS) for r in records)  # the file keeps one layout
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    legacy_pq = tmp_path / "old.parquet"
+    schema = pa.schema([f for f in hio.parquet_schema() if f.name != "extra"])
+    pq.write_table(pa.Table.from_pylist([{c: old[c] for c in hio.LEGACY_COLUMNS}], schema=schema), legacy_pq)
+    result = _run(str(photos), "--out", str(legacy_pq))
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(legacy_pq)
+    assert tuple(table.column_names) == hio.COLUMNS and table.num_rows == 5  # upgraded on close
+    by_name = dict(zip((Path(i).name for i in table.column("image").to_pylist()), table.column("extra").to_pylist()))
+    assert by_name["a.jpg"] is None and json.loads(by_name["b.png"])["face_found"] is True
 
 
 def test_jsonl_keeps_nested_dicts(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
