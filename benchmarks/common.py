@@ -145,23 +145,16 @@ def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
     return worst
 
 
-def ours_as_dict(r: Any) -> dict[str, Any]:
+def scores_as_dict(r: Any) -> dict[str, Any]:
+    """The comparable scores of a result, ours (expert as a name -> score dict) or the reference
+    flow's (expert as a list in DIMENSIONS order)."""
+    expert = list(r.expert.values()) if isinstance(r.expert, dict) else r.expert
     return {
         "lm_score": r.lm_score,
         "regression_score": r.regression_score,
         "metavoter_score": r.metavoter_score,
         "level_probs": r.level_probs,
-        "expert": list(r.expert.values()) if r.expert else None,
-    }
-
-
-def ref_as_dict(r: Any) -> dict[str, Any]:
-    return {
-        "lm_score": r.lm_score,
-        "regression_score": r.regression_score,
-        "metavoter_score": r.metavoter_score,
-        "level_probs": r.level_probs,
-        "expert": r.expert,
+        "expert": expert or None,
     }
 
 

@@ -25,8 +25,7 @@ from benchmarks.common import (
     DEFAULT_IMAGES,
     StageTimer,
     max_abs_diff,
-    ours_as_dict,
-    ref_as_dict,
+    scores_as_dict,
     select_images,
 )
 from benchmarks.timing import GIB, MIB, Stats, compare, interleaved, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes
@@ -450,5 +449,5 @@ def _parity(ours: dict, ref: dict, path: Path, m: int) -> dict[str, float]:
         for side in ("humanaes_fp32", "humanaes_bf16"):
             key = (side, mode, str(path), m)
             if key in ours:
-                out[f"{tag} {mode} {side.split('_')[1]}"] = max_abs_diff(ours_as_dict(ours[key]), ref_as_dict(r))
+                out[f"{tag} {mode} {side.split('_')[1]}"] = max_abs_diff(scores_as_dict(ours[key]), scores_as_dict(r))
     return out

@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import reference as R
-from benchmarks.common import DEFAULT_IMAGES, max_abs_diff, ours_as_dict, ref_as_dict, select_images, keeps_torch_threads
+from benchmarks.common import DEFAULT_IMAGES, max_abs_diff, scores_as_dict, select_images, keeps_torch_threads
 from benchmarks.timing import Stats, machine_info
 
 
@@ -219,7 +219,7 @@ def _parity(model: Any, tokenizer: Any, decoded: Any, *, strict: bool, log: Call
     pv = scorer.prepare(decoded, max_tiles=6)
     ours = {mode: scorer.score_prepared([pv], ["p"], mode)[0] for mode in ("fast", "metavoter")}
     ref = {"fast": flow.score(pv), "metavoter": flow.run_metavoter(pv)}
-    diffs = {mode: max_abs_diff(ours_as_dict(ours[mode]), ref_as_dict(ref[mode])) for mode in ours}
+    diffs = {mode: max_abs_diff(scores_as_dict(ours[mode]), scores_as_dict(ref[mode])) for mode in ours}
     tol = PARITY_ATOL_FP32 if strict else PARITY_ATOL_HALF
     out = {"dtype": str(model.dtype).replace("torch.", ""), "max_abs_diff": diffs, "atol": tol, "ok": all(d <= tol for d in diffs.values())}
     log(f"  parity ({out['dtype']}): " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + f" (atol {tol})")

@@ -98,18 +98,15 @@ def ratio(a: float, b: float) -> float:
 def compare(ours: Stats, ref: Stats, *, per: float = 1.0, invert: bool = False, **extra: Any) -> dict[str, Any]:
     """{"humanaes": x, "reference": y, ...}: medians (divided by `per`, or `per`/median when
     `invert`, e.g. images/s), spreads, and the ratio reference/humanaes (>1 = humanaes better)."""
-    if invert:
-        x, y = per / ours.median, per / ref.median
-        better = ratio(x, y)
-    else:
-        x, y = ours.median / per, ref.median / per
-        better = ratio(y, x)
-    if invert:
-        x_best, y_best = per / ours.min, per / ref.min
-        better_best = ratio(x_best, y_best)
-    else:
-        x_best, y_best = ours.min / per, ref.min / per
-        better_best = ratio(y_best, x_best)
+    def scale(v: float) -> float:
+        return per / v if invert else v / per
+
+    def gain(ours_value: float, ref_value: float) -> float:  # > 1: humanaes better
+        return ratio(ours_value, ref_value) if invert else ratio(ref_value, ours_value)
+
+    x, y = scale(ours.median), scale(ref.median)
+    x_best, y_best = scale(ours.min), scale(ref.min)
+    better, better_best = gain(x, y), gain(x_best, y_best)
     return {
         "humanaes": x,
         "reference": y,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -79,6 +80,7 @@ def _mps_supports_bf16() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)  # read /proc/cpuinfo once per process
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AMX-BF16 or AVX512-BF16, as on Intel
     Sapphire Rapids and AMD Zen 4 and later): there bfloat16 convolutions run 2-3x faster than

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -29,9 +30,11 @@ needs_fixtures = pytest.mark.skipif(not FIXTURE_IMAGES, reason="shared fixtures 
 
 
 @pytest.fixture(scope="module")
-def scorer() -> BundledScorer:
+def scorer() -> Iterator[BundledScorer]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return load_bundled()
+    yield load_bundled()
+    torch.set_num_threads(threads)  # later modules expect the session's thread count
 
 
 def bundled_file(name: str) -> Path:

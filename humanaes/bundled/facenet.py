@@ -133,7 +133,6 @@ class DlibFaceResNet(nn.Module):
         self.aff1 = nn.Identity()
         for block in self.blocks:
             block.aff1, block.aff2 = nn.Identity(), nn.Identity()
-        self.affines_folded = True
         return self
 
     @torch.no_grad()
