@@ -78,6 +78,8 @@ class ScoreResult:
     metavoter_score   the MetaVoter's fusion of the three heads
     annotation   the LM-written twelve-line annotation (annotate mode only)
     error        None, or a message naming the item and the cause
+    person_found True/False when the model has a person (face) detector, None when it has none:
+                 scores of images without a detectable person are not meaningful
     """
 
     image: str
@@ -91,6 +93,7 @@ class ScoreResult:
     metavoter_score: float | None = None
     annotation: str | None = None
     error: str | None = None
+    person_found: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -316,6 +316,7 @@ class BundledScorer(BaseScorer):
                 r.regression_score = regression[i]
             if self.face is not None:  # which branches made the score
                 r.extra["face_found"] = bool(has_face[i])
+                r.person_found = bool(has_face[i])  # the detector finds faces: no face, no person it can rate
                 if branches is not None and has_face[i]:
                     r.extra["whole_image_score"] = branches["cnn"][i]
                     r.extra["face_score"] = branches["face"][i]
