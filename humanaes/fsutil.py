@@ -109,6 +109,8 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
+        if self._fd is not None:  # `with output_lock(p):` acquires in the call, then in __enter__
+            return self
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no flock; one writer is the user's job there
