@@ -409,3 +409,14 @@ def test_duplicate_groups_by_digest_and_hash_distance():
     assert duplicate_groups(digests, hashes, 3) == [[0, 2, 3, 4]]
     assert duplicate_groups(digests, hashes, 2) == [[0, 2]]
     assert duplicate_groups(digests, hashes, None) == [[0, 2]]
+
+
+def test_cli_build_prints_a_summary_and_the_result_validates(tiny, tmp_path):
+    out = tmp_path / "o"
+    result = CliRunner().invoke(main, ["data", "build", str(tiny()), "--out", str(out), "-j", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == (
+        f"built {out}: 4 of 4 rows kept (4 train, 0 test); dropped 0 (none); report {out / 'build_report.md'}"
+    )
+    validated = CliRunner().invoke(main, ["data", "validate", str(out)])
+    assert validated.exit_code == 0 and "0 problems, 0 warnings" in validated.output

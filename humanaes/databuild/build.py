@@ -158,6 +158,11 @@ def _init_worker(settings: ProbeSettings) -> None:
     # Only remembers the settings: a failing Pool initializer would be restarted forever, so the
     # detectors load on the first image, where an error reaches the parent like any other.
     global _WORKER_SETTINGS
+    import signal
+
+    # Ctrl-C reaches the whole process group; only the parent acts on it (it stops the pool).
+    # A worker dying of it mid-task would leave the pool waiting for a result forever.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_SETTINGS = settings
 
 
@@ -386,6 +391,8 @@ def build_dataset(
         paths = sorted({i.row.path for i in items})
         say(f"{len(items)} rows from {len(tables)} sources, {len(paths)} image files; probing with {workers} worker(s)")
         facts, probed, reused = _probe_all(paths, settings, work / f"probe-{settings.key()}.jsonl", workers, progress)
+        if reused:
+            say(f"reused the facts of {reused} images probed by an interrupted run; probed {probed}")
         for item in items:
             item.facts = facts[item.row.path]
         _apply_filters(items, spec.filters)

@@ -71,7 +71,7 @@ class HumanFilter:
     face: bool = True
     person: str = "hog"  # for pictures without a face; "none" = faces only
     faces: FaceSettings = field(default_factory=FaceSettings)
-    person_min_weight: float = 1.0  # SVM margin a HOG person window needs to count (see docs/data-build.md)
+    person_min_weight: float = 0.25  # SVM margin a HOG person window needs to count (see docs/data-build.md)
 
 
 @dataclass(frozen=True)
