@@ -370,6 +370,7 @@ def test_a_failure_while_writing_publishes_nothing(tiny, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise DataError("disk full (simulated)")
 
+    (tmp_path / ".o.staging-999999" / "x").mkdir(parents=True)  # left by a killed run
     monkeypatch.setattr(D, "split_dataset", broken)
     with pytest.raises(DataError, match="simulated"):
         build_dataset(tiny(), tmp_path / "o", workers=1)

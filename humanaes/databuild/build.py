@@ -398,9 +398,10 @@ def build_dataset(
         _apply_filters(items, spec.filters)
         _deduplicate(items, spec.filters)
 
+        # Under the lock no other build writes here: staging folders left by killed runs can go.
+        for stale in out.parent.glob(f".{out.name}.staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-        if staging.exists():
-            shutil.rmtree(staging)
         try:
             images = staging / BUILD_SUBSET / "images"
             images.mkdir(parents=True)
