@@ -421,3 +421,23 @@ def test_cli_build_prints_a_summary_and_the_result_validates(tiny, tmp_path):
     )
     validated = CliRunner().invoke(main, ["data", "validate", str(out)])
     assert validated.exit_code == 0 and "0 problems, 0 warnings" in validated.output
+
+
+def test_max_faces_drops_a_picture_with_two_faces(data_dir, tmp_path):
+    photos = sorted((data_dir / "HumanBeauty-58K" / "images").glob("*.jpg"))[:2]
+    folder = tmp_path / "src"
+    folder.mkdir()
+    faces = [Image.open(p).convert("RGB") for p in photos]
+    height = min(f.height for f in faces)
+    faces = [f.resize((f.width * height // f.height, height)) for f in faces]
+    pair = Image.new("RGB", (sum(f.width for f in faces), height))
+    pair.paste(faces[0], (0, 0))
+    pair.paste(faces[1], (faces[0].width, 0))
+    pair.save(folder / "two.jpg", quality=90)
+    shutil.copyfile(photos[0], folder / "one.jpg")
+    _write_csv(folder / "t.csv", "image,score", ["two.jpg,3", "one.jpg,4"])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("sources:\n  - {name: Pairs, table: src/t.csv, range: [1, 5]}\nfilters:\n  max_faces: 1\n  dedup: false\n")
+    build_dataset(spec, tmp_path / "o", workers=1)
+    drops = _drops(tmp_path / "o")
+    assert drops == {("Pairs", "two.jpg"): {"source": "Pairs", "image": "two.jpg", "line": 2, "reason": "too many faces", "detail": "2 faces"}}
