@@ -441,3 +441,14 @@ def test_max_faces_drops_a_picture_with_two_faces(data_dir, tmp_path):
     build_dataset(spec, tmp_path / "o", workers=1)
     drops = _drops(tmp_path / "o")
     assert drops == {("Pairs", "two.jpg"): {"source": "Pairs", "image": "two.jpg", "line": 2, "reason": "too many faces", "detail": "2 faces"}}
+
+
+def test_tsv_with_bom_and_case_insensitive_columns_is_read(tmp_path):
+    from humanaes.databuild.sources import read_source
+    from humanaes.databuild.spec import SourceSpec
+
+    (tmp_path / "a b").mkdir()
+    (tmp_path / "t.tsv").write_text("\ufeffFile Name\tMOS\n\"a b/x, y.jpg\"\t2.5\nz.jpg\t4.5\n\n", encoding="utf-8")
+    table = read_source(SourceSpec("T", tmp_path / "t.tsv", tmp_path, "file name", "mos", None))
+    assert [(r.rel, r.raw_score, r.line) for r in table.rows] == [("a b/x, y.jpg", 2.5, 2), ("z.jpg", 4.5, 3)]
+    assert table.scale == (2.5, 4.5) and table.normalise(3.0) == 0.25 and table.normalise(4.5) == 1.0

@@ -34,6 +34,9 @@ def build_cmd(spec: Path, out: Path, workers: int | None, copy: bool, force: boo
     except BuildInterrupted as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(130)
+    except KeyboardInterrupt:  # after probing: writing or publishing was stopped
+        click.echo(f"error: interrupted; nothing was published (the probe cache in {out}.work is kept)", err=True)
+        sys.exit(130)
     totals = result.report["totals"]
     dropped = {}
     for source in result.report["sources"].values():

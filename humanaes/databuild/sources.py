@@ -7,6 +7,7 @@ line naming the source, the file (and line) and the cause, so a bad spec never s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -63,9 +64,10 @@ def _records(path: Path, where: str) -> tuple[list[str], Iterator[tuple[int, dic
             columns.update(dict.fromkeys(obj))
             rows.append((number, obj))
         return list(columns), iter(rows)
-    if suffix not in (".csv", ".tsv", ".txt"):
+    if suffix not in (".csv", ".tsv"):
         raise DataError(f"{where}: table {path} has an unsupported format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
-    reader = csv.reader(text.splitlines(), delimiter="\t" if suffix in (".tsv", ".txt") else ",")
+    # newline="": quoted cells may hold line breaks
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
     try:
         header = next(reader, None)
     except csv.Error as exc:
