@@ -69,6 +69,7 @@ class _Item:
     reason: str | None = None
     detail: str | None = None
     name: str | None = None  # output file name, once kept
+    kept: Path | None = None  # the copy kept instead of this duplicate
 
 
 @dataclass
@@ -318,6 +319,7 @@ def _deduplicate(items: list[_Item], filters: Filters) -> None:
             exact = item.facts["sha256"] == keep.facts["sha256"]
             item.reason = EXACT_DUPLICATE if exact else NEAR_DUPLICATE
             item.detail = f"of {keep.row.source}/{keep.row.rel}"
+            item.kept = keep.row.path
 
 
 # -- the build -----------------------------------------------------------------------------------------
@@ -441,10 +443,10 @@ def build_dataset(
 
             drops = [
                 {"source": i.row.source, "image": i.row.rel, "line": i.row.line, "reason": i.reason, "detail": i.detail,
-                 "path": str(i.row.path)}
+                 "path": str(i.row.path), "kept_path": str(i.kept) if i.kept else None}
                 for i in items if i.reason is not None
             ]
-            _write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k != "path"} for d in drops))
+            _write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k not in ("path", "kept_path")} for d in drops))
             sheets: dict[str, Any] = {}
             if drops:
                 (staging / SHEETS_DIR).mkdir()

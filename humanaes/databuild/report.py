@@ -47,7 +47,8 @@ def contact_sheet(
     """Write one PNG of up to SHEET_SAMPLE dropped images (seeded sample); returns how many are shown.
 
     Each tile is the picture's thumbnail (or a grey tile saying why it cannot be shown) with its
-    source, file name and the drop detail under it.
+    source, file name and the drop detail under it; a duplicate is shown on the left half and the
+    copy kept instead on the right half, so the pair can be compared.
     """
     from humanaes.errors import ImageLoadError
     from humanaes.plots import _font, _text
@@ -63,13 +64,20 @@ def contact_sheet(
     _text(draw, (8, header / 2), f"dropped: {reason} ({len(shown)} of {title_total} shown)", big, anchor="lm")
     for k, drop in enumerate(shown):
         x, y = (k % SHEET_COLUMNS) * TILE, header + (k // SHEET_COLUMNS) * (TILE + CAPTION)
-        try:
-            picture = load_image(drop["path"], draft=(TILE, TILE))
-            picture.thumbnail((TILE - 4, TILE - 4))
-            sheet.paste(picture, (x + (TILE - picture.width) // 2, y + (TILE - picture.height) // 2))
-        except ImageLoadError:
-            draw.rectangle((x + 2, y + 2, x + TILE - 3, y + TILE - 3), fill=(215, 215, 215))
-            _text(draw, (x + TILE / 2, y + TILE / 2), "cannot be shown", small)
+        halves = [drop["path"], drop["kept_path"]] if drop.get("kept_path") else [drop["path"]]
+        width = TILE // len(halves)
+        for h, path in enumerate(halves):
+            left = x + h * width
+            try:
+                picture = load_image(path, draft=(TILE, TILE))
+                picture.thumbnail((width - 4, TILE - 4))
+                sheet.paste(picture, (left + (width - picture.width) // 2, y + (TILE - picture.height) // 2))
+            except ImageLoadError:
+                draw.rectangle((left + 2, y + 2, left + width - 3, y + TILE - 3), fill=(215, 215, 215))
+                _text(draw, (left + width / 2, y + TILE / 2), "cannot be shown", small)
+        if len(halves) == 2:
+            _text(draw, (x + 3, y + 3), "dropped", small, fill=(200, 0, 0), anchor="lt")
+            _text(draw, (x + width + 3, y + 3), "kept", small, fill=(0, 130, 0), anchor="lt")
         name = f"{drop['source']}/{drop['image']}"
         _text(draw, (x + 3, y + TILE + 2), name if len(name) <= 30 else "..." + name[-27:], small, anchor="lt")
         detail = str(drop.get("detail") or "")
