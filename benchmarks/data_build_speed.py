@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
@@ -56,11 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--generated", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=None, help="default: all usable cores")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     from humanaes.databuild import build_dataset
+    from humanaes.databuild.build import usable_cores
+
+    args.workers = args.workers or usable_cores()
 
     root = Path(tempfile.mkdtemp(prefix="build-speed-"))
     try:
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in ("train_label.jsonl", "test_label.jsonl", "dropped.jsonl")
         )
         one, many = statistics.median(rates[1]), statistics.median(rates[args.workers])
-        print(f"{total} pictures ({args.photos} MEBeauty + {args.generated} generated), {args.repeats} repeat(s), {os.cpu_count()} cores")
+        print(f"{total} pictures ({args.photos} MEBeauty + {args.generated} generated), {args.repeats} repeat(s), {usable_cores()} usable cores")
         print(f"  1 worker:   {one:6.2f} pictures/s")
         print(f"  {args.workers} workers: {many:6.2f} pictures/s   ({many / one:.2f}x)")
         print(f"  label files identical: {'yes' if same else 'NO'}")

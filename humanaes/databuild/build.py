@@ -98,6 +98,14 @@ def fingerprint(spec: BuildSpec) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def work_dir_for(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
@@ -380,7 +388,7 @@ def build_dataset(
     digest = fingerprint(spec)
     _check_output(out, digest, force)
     out.parent.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = max(1, workers if workers is not None else usable_cores())
 
     with OutputLock(out):  # (output_lock() returns a held lock; `with` on it would lock twice)
         _check_output(out, digest, force)  # again, now that no other build can change it
