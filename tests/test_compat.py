@@ -183,3 +183,22 @@ def test_float16_pixel_values_and_bfloat16_model(fixtures_dir):
     assert model.score(tokenizer, pixels.to(torch.float16), "Rate the aesthetics of this human picture.") == pytest.approx(exact, abs=1e-3)
     assert model.to(torch.bfloat16) is model and model.dtype == torch.bfloat16
     assert model.score(tokenizer, pixels, "Rate the aesthetics of this human picture.") == pytest.approx(exact, abs=0.05)
+
+
+def test_load_image_decodes_like_the_official_code(tmp_path):
+    """Image.open(...).convert('RGB'): no EXIF rotation, an alpha channel dropped (not composited)."""
+    from PIL import Image
+
+    from humanaes.preprocessing import preprocess_image
+
+    rng = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (300, 500, 4), generator=rng, dtype=torch.uint8).numpy()
+    pixels[..., 3] = 0  # fully transparent: compositing onto white would change every pixel
+    rgba = Image.fromarray(pixels, "RGBA")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90": the official code ignores it
+    rgba.save(tmp_path / "rotated.png", exif=exif)
+    expected = preprocess_image(Image.open(tmp_path / "rotated.png").convert("RGB"), max_tiles=12)
+    got = load_image(tmp_path / "rotated.png")
+    assert got.shape == (7, 3, 448, 448)  # 3x2 grid of the 500x300 image + thumbnail
+    assert torch.equal(got, expected)
