@@ -123,8 +123,7 @@ class HumanAesScorer(BaseScorer):
         if mode == "expert":
             self._expert_full(per_image, n_tokens, results)
         if mode in ("annotate", "all"):
-            self._annotate(per_image, n_tokens, results, int(options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)),
-                           options.get("pick_token"))
+            self._annotate(per_image, n_tokens, results, int(options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
         for r in results:
             r.finalize(self._overall(r, mode))
         return results
@@ -227,22 +226,23 @@ class HumanAesScorer(BaseScorer):
             r.extra["metavoter_fitted"] = fitted
 
     @torch.inference_mode()
-    def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], max_new_tokens: int,
-                  pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], max_new_tokens: int) -> None:
         ids, mask, _ = self._build_batch(self.expert_question, False, n_tokens)
         out = self._forward(ids, mask, features, use_cache=True)
         if not any(r.expert for r in results):
             # the expert head reads this prompt's last token: one pass gives both
             self._fill_expert(results, out.hidden_states[:, -1])
-        tokens = self.greedy_continue(out, mask, max_new_tokens, pick_token)
+        tokens = self.greedy_continue(out, mask, max_new_tokens)
         for r, seq in zip(results, tokens):
             r.annotation = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
 
-    def greedy_continue(
-        self, out: Any, mask: torch.Tensor, max_new_tokens: int, pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None
-    ) -> list[list[int]]:
-        """Decoding from a prompt pass (as chat(): stop at the template's stop token). Greedy, unless
-        `pick_token` maps each step's logits [B, V] to the next tokens [B] (e.g. sampling)."""
+    #: How decoding picks each next token from the logits [B, V]: None = greedy (the official
+    #: chat()); a function returning token ids [B] otherwise (humanaes.compat samples with one).
+    pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def greedy_continue(self, out: Any, mask: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding from a prompt pass (as chat(): stop at the template's stop token);
+        `pick_token`, when set, replaces the greedy choice (e.g. sampling)."""
         model = self.model
         cache = out.cache
         b = mask.shape[0]
@@ -251,7 +251,7 @@ class HumanAesScorer(BaseScorer):
         generated: list[list[int]] = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool, device=mask.device)
         for _ in range(max_new_tokens):
-            token = logits.argmax(-1) if pick_token is None else pick_token(logits)
+            token = logits.argmax(-1) if self.pick_token is None else self.pick_token(logits)
             for i in range(b):
                 if not done[i] and int(token[i]) != self.stop_id:
                     generated[i].append(int(token[i]))

@@ -71,8 +71,9 @@ def test_official_snippet_equals_native_api(with_heads, fixtures_dir, capsys, mo
     fast = scorer.score(image, mode="fast")[0]
     voted = scorer.score(image, mode="metavoter")[0]
     expert = scorer.score(image, mode="expert")[0]
+    scorer.pick_token = sampler()  # the snippet's do_sample=True with transformers' defaults
     torch.manual_seed(SEED)
-    annotated = scorer.score(image, mode="annotate", max_new_tokens=1024, pick_token=sampler())[0]
+    annotated = scorer.score(image, mode="annotate", max_new_tokens=1024)[0]
 
     assert isinstance(ns["pred_score"], float) and ns["pred_score"] == fast.overall == fast.regression_score
     assert isinstance(ns["metavoter_score"], float) and ns["metavoter_score"] == voted.metavoter_score

@@ -265,10 +265,8 @@ class CompatModel:
         other strategies are refused with a clear error rather than silently replaced.
         """
         max_new_tokens, pick = _decoding(generation_config)
-        options: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if pick is not None:
-            options["pick_token"] = pick
-        result = self._run(tokenizer, pixel_values, "annotate", DEFAULT_GENERAL_QUESTION, "expert_annotation", **options)
+        result = self._run(tokenizer, pixel_values, "annotate", DEFAULT_GENERAL_QUESTION, "expert_annotation",
+                           pick_token=pick, max_new_tokens=max_new_tokens)
         return str(result.annotation)
 
     #: The official spelling, kept so unchanged code runs.
@@ -291,8 +289,12 @@ class CompatModel:
             cached = self._scorers[key] = (tokenizer, scorer)
         return cached[1]
 
-    def _run(self, tokenizer: Any, pixel_values: torch.Tensor, mode: str, question: str, call: str, **options: Any) -> ScoreResult:
+    def _run(
+        self, tokenizer: Any, pixel_values: torch.Tensor, mode: str, question: str, call: str,
+        pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None, **options: Any,
+    ) -> ScoreResult:
         scorer = self._scorer(tokenizer, question)
+        scorer.pick_token = pick_token  # this wrapper's own scorer: greedy unless this call samples
         if mode not in scorer.supported_modes:
             needs = {"expert": "an expert head", "metavoter": "a regression head and an expert head"}[mode]
             raise HumanAesError(
