@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,10 +199,7 @@ def import_swift(
         raise DataError(f"input file {file} does not exist; check the path")
     if not images_root.is_dir():
         raise DataError(f"--images-root {images_root} is not a folder")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} is a file; pass a folder for the HumanBeauty root")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DataError(f"--out {out} is not empty; pass --force to replace it or choose a new folder")
+    _refuse_existing(out, force)
 
     problems: list[str] = []
     rows: list[tuple[str, Path, dict[str, Any], bool]] = []  # (subset, original image, label row, expert)
@@ -236,6 +234,7 @@ def import_swift(
 
     out.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):
+        _refuse_existing(out, force)  # again: another run may have published while we read
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         umask = os.umask(0)
         os.umask(umask)
@@ -256,7 +255,14 @@ def import_swift(
     }
 
 
-def _json_lines(path: Path) -> Any:
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder for the HumanBeauty root")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise DataError(f"--out {out} is not empty; pass --force to replace it or choose a new folder")
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """(line number, object, error) of each non-blank line."""
     try:
         with path.open("r", encoding="utf-8") as handle:

@@ -219,3 +219,17 @@ def test_export_of_the_shared_mebeauty_set(data_dir, tmp_path):
         assert row["response"] == f"The aesthetics of the human image is {label['text_level']}"
         assert row["scores"] == [0.0] * 11 + [label["score"]] and row["is_expert"] == 0
         assert row["images"] == [str((data_dir / label["image_name"]).absolute())]
+
+
+def test_a_second_writer_is_refused(root, tmp_path):
+    from humanaes.errors import HumanAesError
+    from humanaes.fsutil import OutputLock
+
+    swift = tmp_path / "s.jsonl"
+    export_swift(root, swift)
+    with OutputLock(swift), pytest.raises(HumanAesError, match="is being written by process"):
+        export_swift(root, swift)
+    back = tmp_path / "back"
+    with OutputLock(back), pytest.raises(HumanAesError, match="is being written by process"):
+        import_swift(swift, out=back, images_root=root)
+    assert not back.exists()
