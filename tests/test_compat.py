@@ -131,6 +131,7 @@ def test_annotation_decoding(plain):
     torch.manual_seed(5)
     assert model.expert_annotation(tokenizer, pixels, hot) == first  # seeded: repeatable
     assert first != greedy  # and really sampled
+    assert model.expert_annotation(tokenizer, pixels, {"max_new_tokens": 12}) == greedy  # sampling does not stick
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
