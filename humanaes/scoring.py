@@ -16,6 +16,7 @@ batch size or order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -235,8 +236,13 @@ class HumanAesScorer(BaseScorer):
         for r, seq in zip(results, tokens):
             r.annotation = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
 
+    #: How decoding picks each next token from the logits [B, V]: None = greedy (the official
+    #: chat()); a function returning token ids [B] otherwise (humanaes.compat samples with one).
+    pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None
+
     def greedy_continue(self, out: Any, mask: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding from a prompt pass (as chat(): stop at the template's stop token)."""
+        """Greedy decoding from a prompt pass (as chat(): stop at the template's stop token);
+        `pick_token`, when set, replaces the greedy choice (e.g. sampling)."""
         model = self.model
         cache = out.cache
         b = mask.shape[0]
@@ -245,7 +251,7 @@ class HumanAesScorer(BaseScorer):
         generated: list[list[int]] = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool, device=mask.device)
         for _ in range(max_new_tokens):
-            token = logits.argmax(-1)
+            token = logits.argmax(-1) if self.pick_token is None else self.pick_token(logits)
             for i in range(b):
                 if not done[i] and int(token[i]) != self.stop_id:
                     generated[i].append(int(token[i]))

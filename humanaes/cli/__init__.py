@@ -35,7 +35,7 @@ def _register() -> None:
     # not take the whole CLI down.
     import importlib
 
-    for module in ("score", "data", "databuild", "evaluate", "train", "serve", "batch"):
+    for module in ("score", "data", "databuild", "data_swift", "evaluate", "train", "serve", "batch"):
         try:
             mod = importlib.import_module(f"humanaes.cli.{module}")
         except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from humanaes import data as D
+from humanaes.errors import DataError
 
 
 @click.group("data")
@@ -68,14 +69,19 @@ def stats_cmd(path: Path, as_json: bool) -> None:
 
 @data.command("import")
 @click.argument("table", type=click.Path(path_type=Path))
-@click.option("--images", required=True, type=click.Path(path_type=Path), help="Folder the image names are relative to.")
+@click.option("--images", default=None, type=click.Path(path_type=Path), help="Folder the image names are relative to (table format).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="HumanBeauty root to write (created if absent).")
-@click.option("--scale", required=True, nargs=2, type=float, metavar="MIN MAX", help="Raw score scale, e.g. 1 10.")
+@click.option("--scale", default=None, nargs=2, type=float, metavar="MIN MAX", help="Raw score scale, e.g. 1 10 (table format).")
 @click.option("--source", default=None, help="Source name of the rows (default: the table's file name).")
 @click.option("--copy", is_flag=True, help="Copy the images (default: relative symlinks, no copy).")
-@click.option("--force", is_flag=True, help="Replace rows of the same source already in OUT.")
+@click.option("--force", is_flag=True, help="Replace rows of the same source already in OUT (swift: replace OUT).")
+@click.option("--format", "table_format", type=click.Choice(["table", "swift"]), default="table", show_default=True,
+              help="table: image + raw scores; swift: an ms-swift JSONL (see `humanaes data export`).")
+@click.option("--images-root", default=None, type=click.Path(path_type=Path),
+              help="swift format: the folder every absolute image path must lie under.")
 def import_cmd(
-    table: Path, images: Path, out: Path, scale: tuple[float, float], source: str | None, copy: bool, force: bool
+    table: Path, images: Path | None, out: Path, scale: tuple[float, float] | None, source: str | None, copy: bool,
+    force: bool, table_format: str, images_root: Path | None,
 ) -> None:
     """Import TABLE (.csv/.tsv with a header, or .jsonl) of image, score[, 12 dimension scores].
 
@@ -83,7 +89,17 @@ def import_cmd(
     (e.g. `Facial Brightness`); JSONL rows: {"image": ..., "score": number or [12 numbers]}.
     Scores are min-max normalised from the declared --scale to [0, 1]. Run `humanaes data split OUT`
     afterwards to make train/test files.
+
+    With --format swift, TABLE is an ms-swift JSONL (the official fine-tuning's training rows)
+    and OUT gets the HumanBeauty layout with a train split; needs --images-root, no --scale.
     """
+    if table_format == "swift":
+        from humanaes.cli.data_swift import import_swift_file
+
+        import_swift_file(table, out=out, images_root=images_root, images=images, scale=scale, source=source, copy=copy, force=force)
+        return
+    if images is None or scale is None:
+        raise DataError("--images and --scale are required to import a table (or pass --format swift)")
     result = D.import_table(table, images=images, out=out, scale=scale, source=source, copy=copy, force=force)
     parts = ", ".join(f"{n} to {s}" for s, n in result["per_subset"].items() if n)
     click.echo(f"imported {result['rows']} rows of source {result['source']!r} into {result['out']} ({parts}); images {result['images']}")

@@ -1,4 +1,4 @@
-"""`humanaes train`, `humanaes train-metavoter`, `humanaes export`."""
+"""`humanaes train`, `humanaes train-metavoter`, `humanaes merge-lora` (formerly `humanaes export`)."""
 
 from __future__ import annotations
 
@@ -48,15 +48,21 @@ def train_metavoter_cmd(model: str, data: str, split: str, out: Path, batch_size
     click.echo(f"saved {path}")
 
 
-@click.command("export")
+@click.command("merge-lora")
 @click.argument("config_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("checkpoint", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def export_cmd(config_file: Path, checkpoint: Path, out: Path) -> None:
+def merge_lora_cmd(config_file: Path, checkpoint: Path, out: Path) -> None:
     """Merge a training CHECKPOINT's LoRA adapters into the weights; save in humanaes format."""
     from humanaes.finetune import FinetuneConfig, export_checkpoint
 
     click.echo(f"saved {export_checkpoint(FinetuneConfig.from_file(config_file), checkpoint, out)}")
 
 
-COMMANDS = [train_cmd, train_metavoter_cmd, export_cmd]
+# The old name, easy to confuse with `humanaes data export`: still works, hidden from --help.
+export_alias_cmd = click.Command(
+    "export", callback=merge_lora_cmd.callback, params=merge_lora_cmd.params, hidden=True,
+    help="Old name of `humanaes merge-lora`.",
+)
+
+COMMANDS = [train_cmd, train_metavoter_cmd, merge_lora_cmd, export_alias_cmd]
