@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from humanaes.errors import DataError
+from humanaes.fsutil import atomic_write
 from humanaes.schema import DIMENSIONS, LEVELS, NUM_DIMENSIONS, OVERALL, score_to_level
 
 SPLIT_SUFFIX = "_label.jsonl"
@@ -176,7 +177,8 @@ def _check_row(obj: Any) -> _Row:
 def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
     """Yield (line number, parsed object or None, JSON error or None) for non-blank lines."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        # utf-8-sig: a byte order mark (as Windows editors write) is skipped, as in CSV imports.
+        handle = path.open("r", encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"label file {path} does not exist; check the path") from None
     except OSError as exc:
@@ -284,9 +286,6 @@ def _read_subset_rows(label_file: Path) -> list[tuple[dict[str, Any], dict[str, 
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    # Write to a temporary file and rename, so an interrupted run never leaves half a file.
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """Replace a label file atomically: a private random temp file beside it (never a fixed
+    name that a planted symlink could redirect), fsynced and renamed; readers see old or new."""
+    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -77,6 +77,15 @@ def split_dataset(
             chosen["test" if i in test_idx else "train"].append(row)
         counts[f"{subset}/{source}"] = {"train": len(rows) - n_test, "test": n_test}
 
+    empty = [name for name, rows in chosen.items() if not rows]
+    if empty:
+        # An empty label file labels nothing and `data validate` flags it: refuse to write one.
+        total = sum(len(rows) for rows in chosen.values())
+        raise DataError(
+            f"--test-ratio {test_ratio} puts no rows in {' and '.join(empty)} ({total} rows in groups of "
+            f"{', '.join(str(sum(c.values())) for c in counts.values())} per subset/source); "
+            "choose a ratio that leaves at least one row on each side"
+        )
     for name, rows in chosen.items():
         # Keep the subsets' file order inside each split: easier to diff and read.
         _write_jsonl(outputs[name], (row for _, row in sorted(rows, key=lambda r: r[0])))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from humanaes.data.labels import (
     SPLIT_SUFFIX,
@@ -63,8 +64,10 @@ def validate_dataset(path: str | os.PathLike, *, open_images: bool = True, progr
     """Check every row of every label file under a HumanBeauty root (or one label file).
 
     Problems (the data is unusable as is): invalid JSON, bad fields, scores outside [0, 1], expert
-    rows without 12 scores, unknown level words, missing or undecodable images. Warnings: text
-    level disagreeing with the score, duplicate rows, images shared between split files (leakage).
+    rows without 12 scores, unknown level words, missing or undecodable images, an image labelled
+    twice in one file with different scores, a file with no rows. Warnings: text level disagreeing
+    with the score, repeated identical rows, images shared between split files (leakage).
+    Files may start with a UTF-8 byte order mark.
     """
     from tqdm import tqdm
 
@@ -78,8 +81,9 @@ def validate_dataset(path: str | os.PathLike, *, open_images: bool = True, progr
     split_members: dict[str, set[str]] = {}
     for label_file, image_root in pairs:
         report.files.append(str(label_file))
-        seen: dict[str, int] = {}
+        seen: dict[str, tuple[int, Any]] = {}  # image name -> (first line, its scores or None if invalid)
         names: set[str] = set()
+        rows_before = report.rows
         for number, obj, json_error in _iter_json_lines(label_file):
             report.rows += 1
             here = Finding(str(label_file), number, "")
@@ -91,12 +95,22 @@ def validate_dataset(path: str | os.PathLike, *, open_images: bool = True, progr
             report.warnings += [Finding(here.file, number, m) for m in row.warnings]
             name = obj.get("image_name") if isinstance(obj, dict) else None
             if isinstance(name, str) and name.strip():
+                scores = None if row.fields is None else (row.fields["score"], row.fields["scores"])
                 if name in seen:
-                    report.warnings.append(Finding(here.file, number, f"duplicate of line {seen[name]} ({name})"))
+                    first, first_scores = seen[name]
+                    if scores is not None and first_scores is not None and scores != first_scores:
+                        # Two labels for one image: training would see both, evaluation one at random.
+                        report.problems.append(
+                            Finding(here.file, number, f"conflicts with line {first}: {name} is labelled twice with different scores")
+                        )
+                    else:
+                        report.warnings.append(Finding(here.file, number, f"duplicate of line {first} ({name})"))
                 else:
-                    seen[name] = number
+                    seen[name] = (number, scores)
                 names.add(name)
                 checks.append((here, image_root / name))
+        if report.rows == rows_before:
+            report.problems.append(Finding(str(label_file), 0, "holds no rows (an empty label file labels nothing)"))
         if label_file.parent == path and label_file.name.endswith(SPLIT_SUFFIX):
             split_members[label_file.name[: -len(SPLIT_SUFFIX)]] = names
 
