@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from humanaes.errors import CheckpointError
+from humanaes.fsutil import NotRegularFileError, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -78,15 +78,13 @@ class SafetensorsHeader:
 def _open_regular(path: Path) -> int:
     """An fd on `path`, refusing FIFOs and devices without blocking on them."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        return open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
+    except NotRegularFileError:
+        raise CheckpointError(f"{path} is not a regular file; expected a .safetensors weights file") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {path} ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CheckpointError(f"{path} is not a regular file; expected a .safetensors weights file")
-    return fd
 
 
 def _read_exactly(fd: int, count: int) -> bytes:

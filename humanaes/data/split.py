@@ -18,6 +18,7 @@ from humanaes.data.labels import (
     subset_label_files,
 )
 from humanaes.errors import DataError
+from humanaes.fsutil import OutputLock
 
 
 def _group_seed(seed: int, *parts: str) -> int:
@@ -86,9 +87,12 @@ def split_dataset(
             f"{', '.join(str(sum(c.values())) for c in counts.values())} per subset/source); "
             "choose a ratio that leaves at least one row on each side"
         )
-    for name, rows in chosen.items():
-        # Keep the subsets' file order inside each split: easier to diff and read.
-        _write_jsonl(outputs[name], (row for _, row in sorted(rows, key=lambda r: r[0])))
+    # The same lock as `data import --out`: an import swaps the whole root, so a split written
+    # into the old root meanwhile would be lost.
+    with OutputLock(Path(os.path.realpath(root)), what="data set"):
+        for name, rows in chosen.items():
+            # Keep the subsets' file order inside each split: easier to diff and read.
+            _write_jsonl(outputs[name], (row for _, row in sorted(rows, key=lambda r: r[0])))
     return {
         "files": {name: str(p) for name, p in outputs.items()},
         "train": len(chosen["train"]),
