@@ -109,6 +109,10 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
+        if self._fd is not None:
+            # Already held (`with output_lock(x):` enters a lock that output_lock acquired): a
+            # second flock on a new descriptor would refuse this very process.
+            return self
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no flock; one writer is the user's job there

@@ -47,7 +47,7 @@ def _image(path: Path, value: int = 128) -> Path:
 
 def _import(table: Path, images: Path, out: Path, *extra: str) -> tuple[int, str]:
     res = CliRunner().invoke(main, ["data", "import", str(table), "--images", str(images), "--out", str(out), "--scale", "0", "10", *extra])
-    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit), res.output
+    assert "Traceback" not in res.output and (res.exception is None or isinstance(res.exception, SystemExit)), res.output
     return res.exit_code, res.output
 
 
@@ -356,3 +356,17 @@ def _run_corpus(raw: Path, outside: Path, tmp_path: Path) -> None:
     (out / "train_label.jsonl").write_text(json.dumps({"image_name": "../outside/victim.txt", "source": "ok", "score": 0.1}) + "\n")
     assert _import(ok, raw, out, "--force")[0] == 0
     assert _import(ok, raw, out, "--force", "--copy")[0] == 0
+
+
+def test_output_lock_works_as_a_context_manager(tmp_path):
+    """`with output_lock(out):` (the documented use) must not refuse its own process."""
+    from humanaes.errors import HumanAesError
+    from humanaes.fsutil import output_lock
+
+    target = tmp_path / "out"
+    with output_lock(target, what="--out") as lock:
+        assert lock.held
+        with pytest.raises(HumanAesError, match=f"being written by process {os.getpid()}"):
+            output_lock(target)
+    assert not lock.held
+    output_lock(target).release()  # free again once the block ends

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -124,8 +125,18 @@ def test_truncated_after_validation_is_still_an_error(tmp_path):
 def test_fifo_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "model.safetensors"
     os.mkfifo(fifo)
-    with pytest.raises(CheckpointError, match="not a regular file"):
-        load_safetensors(fifo)
+
+    def hung(*_: object) -> None:
+        raise TimeoutError("opening the FIFO blocked")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            load_safetensors(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_every_loader_goes_through_the_validator(tmp_path):

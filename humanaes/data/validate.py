@@ -49,7 +49,8 @@ def _label_files_of(path: Path) -> list[tuple[Path, Path]]:
     if path.is_file():
         return [(path, default_image_root(path))]
     if not path.is_dir():
-        raise DataError(f"{path} does not exist; pass a HumanBeauty root folder or a label .jsonl file")
+        what = "is not a regular file or folder" if path.exists() else "does not exist"
+        raise DataError(f"{path} {what}; pass a HumanBeauty root folder or a label .jsonl file")
     pairs = [(p, default_image_root(p)) for p in subset_label_files(path).values()]
     pairs += [(p, path) for p in split_files(path).values()]
     if not pairs:
