@@ -120,6 +120,8 @@ HOSTILE = [
     ("nope.png", "not found"),
     ("bad\nname.png", "not found"),
 ]
+# CSV cannot carry a NUL at all (the whole table is refused); JSONL can.
+HOSTILE_JSONL_ONLY = [("nul\x00.png", "contains a NUL byte")]
 
 
 def _rows(names: list[str], tmp_path: Path) -> list[dict]:
@@ -131,12 +133,13 @@ def test_every_hostile_row_is_named_and_nothing_is_written(world, tmp_path):
     before = _snapshot(outside)
     table = tmp_path / "t.jsonl"
     good = ["good.png", str(raw / "sub" / "good2.png"), "link_in.png"]  # relative, absolute inside, link inside
-    rows = _rows([n for n, _ in HOSTILE], tmp_path) + _rows(good, tmp_path)
+    hostile = HOSTILE + HOSTILE_JSONL_ONLY
+    rows = _rows([n for n, _ in hostile], tmp_path) + _rows(good, tmp_path)
     table.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
     out = tmp_path / "out"
     code, output = _import(table, raw, out)
-    assert code == 2 and f"{len(HOSTILE)} problem(s)" in output, output
-    for line, (name, needle) in enumerate(HOSTILE, start=1):
+    assert code == 2 and f"{len(hostile)} problem(s)" in output, output
+    for line, (name, needle) in enumerate(hostile, start=1):
         hits = [t for t in output.splitlines() if t.strip().startswith(f"{table}:{line}:")]
         assert len(hits) == 1 and needle in hits[0], (name, hits, output)
     assert not out.exists() and _beside(out) == ["out.lock"]  # the lock file only
@@ -227,9 +230,16 @@ def test_force_removes_nothing_outside_out_and_prunes_splits(world, tmp_path):
     assert "removed it (no rows left)" in output
     # A kept split file keeps its other rows verbatim.
     kept_lines = [t for t in train_before.splitlines() if json.loads(t)["source"] == "other"]
+    test_after = (out / "test_label.jsonl").read_text()
     if (out / "train_label.jsonl").exists():
         assert (out / "train_label.jsonl").read_text().splitlines() == kept_lines
     assert CliRunner().invoke(main, ["data", "validate", str(out)]).exit_code == 0
+    # A new source leaves the split files alone, and says they lack its rows.
+    third = tmp_path / "third.csv"
+    third.write_text("image,score\ngood.png,1\n")
+    code, output = _import(third, raw, out)
+    assert code == 0 and "train_label.jsonl does not hold the new rows" in output, output
+    assert (out / "test_label.jsonl").read_text() == test_after
 
 
 def test_out_or_its_folders_not_being_folders_is_one_line(world, tmp_path):

@@ -157,6 +157,8 @@ def _confined_image(name: str, images: Path, images_real: str) -> tuple[str, str
     The name is joined to --images and normalised first (`../` and absolute names that leave it
     are refused), then every symlink is resolved and the result must still lie under --images.
     """
+    if "\0" in name:
+        raise ValueError(f"image name {_show(name)} contains a NUL byte")
     lexical = os.path.normpath(os.path.join(os.path.abspath(images), name))
     root = os.path.normpath(os.path.abspath(images))
     if not _inside(lexical, root):
@@ -414,13 +416,15 @@ def _build(
     splits: dict[str, list[str] | None] = {}  # split file name -> new lines, or None to remove it
     if out_real.is_dir():
         for split in sorted(split_files(out_real).values()):
-            if not removed_in_splits:
+            if split.is_symlink():  # not ours to read or rewrite: carried over as the link it is
+                messages.append(f"{out / split.name} is a symlink; left as it is, check that it still fits")
+                continue
+            lines, dropped = _prune_split_file(split, removed_in_splits) if removed_in_splits else ([], 0)
+            if not dropped:
                 messages.append(
                     f"{out / split.name} does not hold the new rows; run `humanaes data split {out} --force` to include them"
                 )
-                continue
-            lines, dropped = _prune_split_file(split, removed_in_splits)
-            if dropped:
+            else:
                 splits[split.name] = lines if any(line.strip() for line in lines) else None
                 skip.add(split.name)
                 done = "rewrote it" if splits[split.name] else "removed it (no rows left)"
@@ -431,7 +435,10 @@ def _build(
 
     umask = os.umask(0)
     os.umask(umask)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_real.name}.import-", dir=out_real.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_real.name}.import-", dir=out_real.parent))
+    except OSError as exc:
+        raise DataError(f"cannot create a temporary folder beside --out {out} ({exc.strerror or exc}); nothing imported") from None
     try:
         os.chmod(tmp, stat.S_IMODE(out_real.stat().st_mode) if out_real.is_dir() else 0o777 & ~umask)
         if out_real.is_dir():
