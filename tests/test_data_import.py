@@ -209,6 +209,10 @@ def test_force_removes_nothing_outside_out_and_prunes_splits(world, tmp_path):
     (out / "val_label.jsonl").write_text(
         json.dumps({"image_name": f"{D.OVERALL_SUBSET}/images/mine_good.png", "source": "mine", "score": 0.2}) + "\n"
     )
+    # A kept row whose text holds a raw line separator (valid JSON) must survive whole.
+    with (out / "train_label.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"image_name": "HumanBeauty-58K/images/other_good.png", "source": "other", "score": 0.4, "note": "a\u2028b"}, ensure_ascii=False) + "\n")
+    train_before = (out / "train_label.jsonl").read_text(encoding="utf-8")
     victim_before = _snapshot(outside)
     mine.write_text("image,score\nsub/good2.png,10\n")
     code, output = _import(mine, raw, out, "--force")
@@ -224,15 +228,14 @@ def test_force_removes_nothing_outside_out_and_prunes_splits(world, tmp_path):
     for split in ("train", "test"):
         path = out / f"{split}_label.jsonl"
         if path.exists():
-            kept = [json.loads(t)["source"] for t in path.read_text().splitlines()]
+            kept = [json.loads(t)["source"] for t in path.read_text(encoding="utf-8").split("\n")[:-1]]
             assert kept and set(kept) == {"other"}
     assert not (out / "val_label.jsonl").exists() and "val_label.jsonl named 1 replaced row(s)" in output
     assert "removed it (no rows left)" in output
     # A kept split file keeps its other rows verbatim.
-    kept_lines = [t for t in train_before.splitlines() if json.loads(t)["source"] == "other"]
+    kept_lines = [t for t in train_before.split("\n")[:-1] if json.loads(t)["source"] == "other"]
     test_after = (out / "test_label.jsonl").read_text()
-    if (out / "train_label.jsonl").exists():
-        assert (out / "train_label.jsonl").read_text().splitlines() == kept_lines
+    assert (out / "train_label.jsonl").read_text(encoding="utf-8").split("\n")[:-1] == kept_lines
     assert CliRunner().invoke(main, ["data", "validate", str(out)]).exit_code == 0
     # A new source leaves the split files alone, and says they lack its rows.
     third = tmp_path / "third.csv"

@@ -257,15 +257,19 @@ def _prune_split_file(path: Path, removed: set[str]) -> tuple[list[str], int]:
         raise DataError(f"cannot rewrite split file {path} ({exc}); fix or remove it, then import again") from None
     kept: list[str] = []
     dropped = 0
-    for line in text.splitlines(keepends=True):
+    # Split on "\n" only: str.splitlines() would also cut at U+2028, U+0085 ..., which JSON
+    # strings may hold raw, and so break a row in two.
+    for line in text.split("\n"):
+        if not line.strip():
+            continue
         try:
-            obj = json.loads(line) if line.strip() else None
+            obj = json.loads(line)
         except json.JSONDecodeError:
             obj = None
         if isinstance(obj, dict) and obj.get("image_name") in removed:
             dropped += 1
         else:
-            kept.append(line if line.endswith("\n") else line + "\n")
+            kept.append(line + "\n")
     return kept, dropped
 
 
