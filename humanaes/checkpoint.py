@@ -10,14 +10,12 @@ Models are built on the meta device and the checkpoint's tensors are assigned in
 from __future__ import annotations
 
 import json
-import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from humanaes.config import FORMAT_NAME, HumanAesConfig
@@ -25,6 +23,7 @@ from humanaes.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.fsutil import publish_dir
 from humanaes.modeling import HumanAesExpertModel
+from humanaes.safetensors_io import iter_safetensors, read_header
 
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
@@ -36,8 +35,16 @@ OPTIONAL_MODULES = ("metavoter.",)
 
 def weight_files(folder: Path) -> list[Path]:
     if (folder / INDEX_NAME).exists():
-        index = json.loads((folder / INDEX_NAME).read_text())
-        return [folder / name for name in sorted(set(index["weight_map"].values()))]
+        try:
+            weight_map = json.loads((folder / INDEX_NAME).read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{folder / INDEX_NAME} is not a sharded-weights index (no weight_map of file names)") from None
+        # Shards live beside the index: a name with a folder part could point anywhere.
+        bad = [n for n in names if not isinstance(n, str) or Path(n).name != n or n in (".", "..")]
+        if bad:
+            raise CheckpointError(f"{folder / INDEX_NAME} names shard {bad[0]!r}; shards must be plain file names in {folder}")
+        return [folder / name for name in names]
     if (folder / WEIGHTS_NAME).exists():
         return [folder / WEIGHTS_NAME]
     files = sorted(folder.glob("*.safetensors"))
@@ -53,53 +60,25 @@ def checkpoint_keys(files: list[Path]) -> list[str]:
     keys: list[str] = []
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(str(file), framework="pt") as f:
-                keys.extend(f.keys())
+            keys.extend(read_header(file).names())
         else:
             keys.extend(torch.load(file, map_location="meta", weights_only=True, mmap=True).keys())
     return keys
 
 
-_SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
-}
-
-
 def iter_tensors(files: list[Path], dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream tensors one at a time (cast each to `dtype` if given) to keep peak RAM low.
 
-    Safetensors files are read tensor by tensor into owned buffers instead of being memory-mapped:
-    with a map, every page read stays in the process's memory while the map lives, so casting an
-    fp16 checkpoint to bf16 peaked at ~2x its size, and one uncast tensor kept the whole file
-    mapped for the model's lifetime. Reading peaks at the model plus one tensor (~1.1x).
+    Safetensors files go through `humanaes.safetensors_io` (header validated before any
+    allocation, tensors read one by one into owned buffers: peak ~ the model plus one tensor).
     """
     for file in files:
         if file.suffix == ".safetensors":
-            yield from _read_safetensors(file, dtype)
+            yield from iter_safetensors(file, dtype)
         else:
             state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
             for key in list(state):
                 yield key, _cast(state.pop(key).clone(), dtype)
-
-
-def _read_safetensors(path: Path, dtype: torch.dtype | None) -> Iterator[tuple[str, torch.Tensor]]:
-    with open(path, "rb", buffering=0) as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        base = 8 + header_len
-        for key, meta in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-            if meta["dtype"] not in _SAFETENSORS_DTYPES:
-                raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {meta['dtype']}")
-            start, end = meta["data_offsets"]
-            tensor = torch.empty(meta["shape"], dtype=_SAFETENSORS_DTYPES[meta["dtype"]])
-            raw = tensor.view(torch.int16) if tensor.dtype == torch.bfloat16 else tensor  # numpy has no bf16
-            view = memoryview(raw.numpy()).cast("B")
-            f.seek(base + start)
-            if end > start and f.readinto(view) != end - start:
-                raise CheckpointError(f"{path} is truncated (tensor {key}); download it again")
-            yield key, _cast(tensor, dtype)
 
 
 def _cast(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -109,7 +109,9 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        if self._fd is not None:  # `with output_lock(p):` acquires in the call, then in __enter__
+        if self._fd is not None:
+            # Already held (`with output_lock(x):` enters a lock that output_lock acquired): a
+            # second flock on a new descriptor would refuse this very process.
             return self
         try:
             import fcntl
@@ -189,3 +191,29 @@ def publish_dir(tmp: Path, final: Path) -> Path:
     else:
         os.replace(tmp, final)
     return final
+
+
+class NotRegularFileError(OSError):
+    """A path names a folder, FIFO, socket or device where a regular file is needed."""
+
+
+def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> int:
+    """A read-only fd on a regular file, never blocking: a FIFO is opened non-blocking and, like a
+    folder, socket or device, refused (`NotRegularFileError`) without a byte being read. With
+    `follow_symlinks=False` a symlink as the last component is refused (ELOOP) instead of followed.
+    Other failures raise the usual OSError subclasses (FileNotFoundError, PermissionError ...)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags)
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file (a folder, FIFO, socket or device)", os.fspath(path))
+        # Back to blocking reads: O_NONBLOCK was only there so that opening a FIFO cannot hang.
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd

@@ -711,9 +711,9 @@ def _save_weights(state: Mapping[str, torch.Tensor], path: Path) -> None:
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    from humanaes.safetensors_io import load_safetensors
 
-    return load_file(str(path))
+    return load_safetensors(path)
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:

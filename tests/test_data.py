@@ -124,7 +124,7 @@ def test_split_reproducible_per_source(tmp_path):
 
 
 def test_validate_reports_every_problem_with_location(tmp_path):
-    root = _root(tmp_path, n_overall=2, n_expert=1)
+    root = _root(tmp_path, n_overall=4, n_expert=2)
     assert CliRunner().invoke(main, ["data", "split", str(root), "--test-ratio", "0.5"]).exit_code == 0
     res = CliRunner().invoke(main, ["data", "validate", str(root)])
     assert res.exit_code == 0, res.output
@@ -156,7 +156,9 @@ def test_validate_reports_every_problem_with_location(tmp_path):
 
 def test_stats_json(tmp_path):
     root = _root(tmp_path, n_overall=10, n_expert=2)
-    CliRunner().invoke(main, ["data", "split", str(root)])
+    res = CliRunner().invoke(main, ["data", "split", str(root)])  # 0.1 of groups of 5, 5, 2: no test rows
+    assert res.exit_code == 2 and "puts no rows in test" in res.output and not (root / "test_label.jsonl").exists()
+    assert CliRunner().invoke(main, ["data", "split", str(root), "--test-ratio", "0.4"]).exit_code == 0
     res = CliRunner().invoke(main, ["data", "stats", str(root), "--json"])
     assert res.exit_code == 0, res.output
     stats = json.loads(res.output)
@@ -202,7 +204,7 @@ def test_import_csv_and_jsonl(tmp_path):
     rows = D.load_jsonl(out / "HumanBeauty-58K" / "label.jsonl")
     assert [(s.source, s.score) for s in rows] == [("Mine", 0.0), ("Mine", 1.0), ("other", 0.75), ("other", 0.0)]
     assert not rows[2].image.is_symlink()
-    assert CliRunner().invoke(main, ["data", "split", str(out)]).exit_code == 0
+    assert CliRunner().invoke(main, ["data", "split", str(out), "--test-ratio", "0.5"]).exit_code == 0
     assert CliRunner().invoke(main, ["data", "validate", str(out)]).exit_code == 0
 
 
@@ -227,3 +229,46 @@ def test_shared_humanbeauty_loads():
     train = D.load_split(root, "train")
     assert len(train) == 1768 and all(s.source == "MEBeauty" and not s.is_expert for s in train)
     assert train[0].image.is_file()
+
+
+def test_validate_bom_duplicates_and_empty_files(tmp_path):
+    """Issue 10 case 9: a BOM is accepted, conflicting duplicates and empty files are problems."""
+    _image(tmp_path / "images" / "a.png")
+    _image(tmp_path / "images" / "b.png")
+    rows = [{"image_name": "a.png", "source": "S", "score": 0.5}, {"image_name": "b.png", "source": "S", "score": 0.25}]
+    label = tmp_path / "label.jsonl"
+    label.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    res = CliRunner().invoke(main, ["data", "validate", str(label)])
+    assert res.exit_code == 0 and "2 rows" in res.output and "0 problems, 0 warnings" in res.output, res.output
+    assert [s.score for s in D.load_jsonl(label)] == [0.5, 0.25]  # the loader reads it too
+
+    # The same row twice is a warning; the same image with another score is a problem.
+    _jsonl(label, rows + [rows[0]])
+    res = CliRunner().invoke(main, ["data", "validate", str(label)])
+    assert res.exit_code == 0 and f"warning: {label}:3: duplicate of line 1 (a.png)" in res.output, res.output
+    _jsonl(label, rows + [{"image_name": "a.png", "source": "S", "score": 0.75}])
+    res = CliRunner().invoke(main, ["data", "validate", str(label)])
+    assert res.exit_code == 1 and f"{label}:3: conflicts with line 1: a.png is labelled twice" in res.output, res.output
+    expert = {"image_name": "b.png", "source": "S", "score": EXPERT}
+    _jsonl(label, [expert, dict(expert, score=[0.95] + EXPERT[1:])])  # same overall, one dimension differs
+    res = CliRunner().invoke(main, ["data", "validate", str(label)])
+    assert res.exit_code == 1 and "conflicts with line 1" in res.output, res.output
+
+    for content in (b"", b"\n  \n", b"\xef\xbb\xbf"):
+        label.write_bytes(content)
+        res = CliRunner().invoke(main, ["data", "validate", str(label)])
+        assert res.exit_code == 1 and f"{label}: holds no rows" in res.output, (content, res.output)
+
+
+def test_split_never_writes_through_a_planted_temp_symlink(tmp_path):
+    """Issue 10 case 6: label files were written through a fixed `<name>.tmp`, following a symlink."""
+    root = _root(tmp_path, n_overall=4, n_expert=2)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("train_label.jsonl.tmp", "test_label.jsonl.tmp"):
+        (root / name).symlink_to(victim)
+    res = CliRunner().invoke(main, ["data", "split", str(root), "--test-ratio", "0.5"])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "keep me"
+    assert len(D.load_split(root, "train")) + len(D.load_split(root, "test")) == 6
+    assert sorted(p.name for p in root.iterdir() if p.name.endswith(".tmp")) == ["test_label.jsonl.tmp", "train_label.jsonl.tmp"]

@@ -328,9 +328,9 @@ def load_dlib_facenet(path: str | Path) -> DlibFaceResNet:
     """Build the module from a .dat or a .safetensors written from `convert_dlib_dat`."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from humanaes.safetensors_io import load_safetensors
 
-        state = load_file(str(path))
+        state = load_safetensors(path)
     else:
         state = convert_dlib_dat(path)
     model = DlibFaceResNet()

@@ -171,7 +171,7 @@ def load_model(
 ) -> tuple[HumanAesMini | MiniEnsemble, dict[str, Any]]:
     """Load a humanaes-mini model (the packaged one when `directory` is None); `optimize`
     folds BatchNorm and uses channels-last (inference only)."""
-    from safetensors.torch import load_file
+    from humanaes.safetensors_io import load_safetensors
 
     with resources.as_file(resources.files("humanaes.bundled")) as pkg_dir:
         base = Path(directory) if directory is not None else Path(pkg_dir)
@@ -202,7 +202,7 @@ def load_model(
                 model.attach_face(FaceBranch(FaceConfig.from_dict(meta["face"])))
         else:
             model = HumanAesMini(MiniConfig.from_dict(meta["config"]))
-        state = load_file(str(weights))
+        state = load_safetensors(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(

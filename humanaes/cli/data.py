@@ -90,6 +90,10 @@ def import_cmd(
     Scores are min-max normalised from the declared --scale to [0, 1]. Run `humanaes data split OUT`
     afterwards to make train/test files.
 
+    Only files under --images whose content is an image are read (`../`, absolute names and
+    symlinks leading out are refused); every row is checked before anything is written, and the
+    new OUT is built beside it and swapped in whole, so a failed import leaves OUT as it was.
+
     With --format swift, TABLE is an ms-swift JSONL (the official fine-tuning's training rows)
     and OUT gets the HumanBeauty layout with a train split; needs --images-root, no --scale.
     """
@@ -103,6 +107,8 @@ def import_cmd(
     result = D.import_table(table, images=images, out=out, scale=scale, source=source, copy=copy, force=force)
     parts = ", ".join(f"{n} to {s}" for s, n in result["per_subset"].items() if n)
     click.echo(f"imported {result['rows']} rows of source {result['source']!r} into {result['out']} ({parts}); images {result['images']}")
+    for message in result["messages"]:
+        click.echo(f"note: {message}")
 
 
 COMMANDS = [data]
