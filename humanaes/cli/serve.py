@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -55,8 +58,7 @@ def serve_command(
     try:
         import uvicorn
 
-        from humanaes.serve.app import MODEL_ENV, SETTINGS_ENV, create_app
-        from humanaes.serve.metrics import MULTIPROC_ENV
+        from humanaes.serve.app import create_app
         from humanaes.serve.settings import ServeSettings, load_api_keys
     except ModuleNotFoundError as exc:
         raise HumanAesError(
@@ -76,11 +78,38 @@ def serve_command(
         f"{model or 'humanaes-mini (bundled)'}, API keys {'on' if settings.api_keys else 'off'})", err=True,
     )
     # In-flight requests may take up to timeout_s; give them that long to finish on SIGTERM.
-    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout_s) + 5)
-    if workers == 1:
-        app = create_app(settings=settings, model=model, load_options=load_options)
-        uvicorn.run(app, **common)
-        return
+    common: dict[str, Any] = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=int(timeout_s) + 5)
+    with _DrainSignals() as received:
+        if workers == 1:
+            uvicorn.run(create_app(settings=settings, model=model, load_options=load_options), **common)
+        else:
+            _run_workers(uvicorn, settings, model, load_options, workers, common)
+    if received and received[-1] == signal.SIGINT:
+        sys.exit(130)  # interrupted, as `humanaes score` reports it; SIGTERM is a normal stop: 0
+
+
+class _DrainSignals:
+    """uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the previous handler; with
+    the default handlers the process would die by the signal after a clean drain. Record it
+    instead, so a drained stop exits 0 (SIGTERM) or 130 (Ctrl-C)."""
+
+    def __enter__(self) -> list[int]:
+        self.received: list[int] = []
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.previous[sig] = signal.signal(sig, lambda signum, frame: self.received.append(signum))
+        return self.received
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_workers(uvicorn: Any, settings: Any, model: str | None, load_options: dict[str, object], workers: int,
+                 common: dict[str, Any]) -> None:
+    from humanaes.serve.app import MODEL_ENV, SETTINGS_ENV
+    from humanaes.serve.metrics import MULTIPROC_ENV
+
     # Several workers: uvicorn imports the app in each process; hand the settings over in the
     # environment, and switch prometheus-client to multiprocess mode so /metrics sums all workers.
     own_dir = None
