@@ -499,3 +499,89 @@ def test_sigterm_finishes_accepted_requests_then_exits(tmp_path: Path) -> None:
             proc.wait()
     log = proc.stdout.read().decode() if proc.stdout else ""
     assert "Finished server process" in log
+
+
+# -- contract and browser ------------------------------------------------------------------------------
+
+
+def test_openapi_fuzzing_finds_no_server_error(bundled: BundledScorer) -> None:
+    """A bounded schemathesis run against the served OpenAPI schema: any 5xx fails."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+
+    seen: dict[str, set[int]] = {}
+    with serve(bundled, max_files=4, max_upload_mb=1) as url:
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+        operations = [result.ok() for result in schema.get_all_operations()]
+        assert {op.label for op in operations} >= {"POST /v1/score", "GET /v1/models", "GET /readyz", "GET /healthz"}
+        for operation in operations:
+
+            @settings(max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            @given(case=operation.as_strategy())
+            def check(case: Any) -> None:
+                response = case.call(base_url=url, timeout=30)
+                seen.setdefault(operation.label, set()).add(response.status_code)
+                assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:300])
+
+            check()
+        assert httpx.get(f"{url}/healthz").status_code == 200
+    assert seen["POST /v1/score"] and max(seen["POST /v1/score"]) < 500
+
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.mark.slow  # starts a real browser
+def test_web_page_in_a_real_browser(bundled: BundledScorer, tmp_path: Path) -> None:
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,1400",
+                 f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    photo = EXAMPLES / "grace_hopper.jpg"
+    with serve(bundled) as url:
+        api = httpx.post(f"{url}/v1/score", files=files((photo.name, photo.read_bytes()))).json()["results"][0]
+        browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+        try:
+            browser.get(url + "/")
+            wait = WebDriverWait(browser, 60)
+            wait.until(ec.text_to_be_present_in_element((By.ID, "model-line"), "humanaes-mini"))
+            note = browser.find_element(By.ID, "model-note")
+            assert note.is_displayed() and "no twelve-dimension radar chart" in note.text
+            browser.find_element(By.ID, "file-input").send_keys(str(photo))
+            shown = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".card .score")))
+            card = browser.find_element(By.CSS_SELECTOR, ".card")
+            assert card.find_element(By.CSS_SELECTOR, ".name").text == photo.name
+            assert float(shown.get_attribute("data-score")) == pytest.approx(api["overall"], abs=1e-6)
+            assert shown.text == f"{api['overall']:.4f}"
+            assert card.find_element(By.CSS_SELECTOR, ".level").text == api["level"]
+            assert not card.find_elements(By.CSS_SELECTOR, "svg.radar")  # the bundled model has no dimensions
+            ARTIFACTS.mkdir(exist_ok=True)
+            for target in (tmp_path / "web-page.png", ARTIFACTS / "web-page.png"):
+                assert browser.save_screenshot(str(target)) and target.stat().st_size > 10_000
+            # A model with the twelve dimensions: the page draws its radar chart.
+            from test_cli_score import PixelScorer  # a tiny real model (scores are functions of the pixels)
+
+            with serve(PixelScorer()) as expert_url:
+                browser.get(expert_url + "/")
+                wait.until(ec.text_to_be_present_in_element((By.ID, "model-line"), "pixel-test"))
+                assert not browser.find_element(By.ID, "model-note").is_displayed()
+                Select(browser.find_element(By.ID, "mode")).select_by_value("expert")
+                browser.find_element(By.ID, "file-input").send_keys(str(photo))
+                radar = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".card svg.radar")))
+                assert len(radar.find_elements(By.TAG_NAME, "text")) == 12
+                for target in (tmp_path / "web-page-expert.png", ARTIFACTS / "web-page-expert.png"):
+                    assert browser.save_screenshot(str(target))
+        finally:
+            browser.quit()

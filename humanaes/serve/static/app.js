@@ -57,7 +57,7 @@ function radar(expert, dimensions) {
   const size = 300, c = size / 2, r = 95, n = dimensions.length;
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("viewBox", `0 0 ${size} ${size}`);
+  svg.setAttribute("viewBox", `-75 0 ${size + 150} ${size}`);  // room for the labels
   svg.setAttribute("class", "radar");
   const point = (i, v) => {
     const a = -Math.PI / 2 + (2 * Math.PI * i) / n;
