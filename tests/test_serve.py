@@ -585,3 +585,33 @@ def test_web_page_in_a_real_browser(bundled: BundledScorer, tmp_path: Path) -> N
                     assert browser.save_screenshot(str(target))
         finally:
             browser.quit()
+
+
+@pytest.mark.slow  # two worker processes each load the model
+def test_two_workers_share_one_metrics_view(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "humanaes.cli", "serve", "--port", str(port), "--threads", "1", "--workers", "2",
+         "--log-level", "warning"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready < 10 and time.monotonic() < deadline:  # both workers answer readyz (connections alternate)
+            try:
+                ready = ready + 1 if httpx.get(f"{url}/readyz").status_code == 200 else 0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        photo = files(("a.jpg", jpeg(1)))
+        statuses = [httpx.post(f"{url}/v1/score", files=photo).status_code for _ in range(6)]
+        text = httpx.get(f"{url}/metrics").text
+        assert statuses == [200] * 6
+        assert 'humanaes_images_scored_total{outcome="ok"} 6.0' in text  # summed over the workers
+        assert "humanaes_images_scored_created" not in text  # read from the multiprocess files, not one registry
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
