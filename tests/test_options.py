@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import json
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -144,6 +145,12 @@ def test_ill_typed_options(values: dict[str, Any], message: str) -> None:
         parse_options(ExpertOptions, values)
 
 
+def test_huge_bad_value_gives_a_short_message() -> None:
+    with pytest.raises(HumanAesError) as info:
+        parse_options(MiniOptions, {"use_face": "x" * 1_000_000})
+    assert len(str(info.value)) < 150 and str(info.value).endswith("...")
+
+
 def test_text_values_from_forms() -> None:
     opts = parse_options(ExpertOptions, {"max_tiles": "6", "apply_exif": "false", "max_new_tokens": "12"}, from_text=True)
     assert (opts.max_tiles, opts.apply_exif, opts.max_new_tokens) == (6, False, 12)
@@ -200,3 +207,22 @@ def test_bundled_model_options_reach_the_model(bundled: BundledScorer, tmp_path)
     with_face, without = bundled.score([path, path], use_face=True), bundled.score(path, use_face=False)
     assert with_face[0].person_found is True and with_face[0].overall == pytest.approx(with_face[1].overall, abs=1e-6)
     assert without[0].person_found is False and without[0].overall != with_face[0].overall
+
+
+def test_bundled_scoring_imports_no_transformers_or_web_stack() -> None:
+    """The bundled model (and the service's batcher) load without transformers/PEFT: the service
+    is ready in about a second instead of after importing a language-model stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, humanaes, humanaes.serve.batcher\n"
+        "humanaes.load(dtype='float32').score('examples/grace_hopper.jpg')\n"
+        "print(sorted(m for m in ('transformers', 'peft', 'accelerate', 'fastapi') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
