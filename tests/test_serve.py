@@ -615,3 +615,31 @@ def test_two_workers_share_one_metrics_view(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_cors_origin_allows_only_that_origin(bundled: BundledScorer) -> None:
+    with serve(bundled, cors_origins=("https://app.example.org",)) as url:
+        headers = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "POST"}
+        allowed = httpx.options(f"{url}/v1/score", headers=headers)
+        other = httpx.options(f"{url}/v1/score", headers={**headers, "Origin": "https://evil.example"})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example.org"
+    assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--timeout-s", "0"], "--timeout-s must be more than 0"),
+        (["--api-keys-file", "/nonexistent/keys"], "--api-keys-file /nonexistent/keys: cannot read it"),
+    ],
+)
+def test_serve_command_rejects_bad_flags_before_starting(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from humanaes.cli import main
+
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {lines[0].removeprefix('error: ')}"] and message in lines[0]
