@@ -81,7 +81,7 @@ def test_expert_options_and_json_schema() -> None:
     schema = options_json_schema(ExpertOptions, client_only=True)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["max_tiles"] == {
-        "type": ["integer", "null"], "default": None, "minimum": 1,
+        "type": ["integer", "null"], "default": None, "minimum": 1, "maximum": 64,
         "description": schema["properties"]["max_tiles"]["description"],
     }
     assert schema["properties"]["max_new_tokens"]["type"] == "integer"
@@ -132,10 +132,11 @@ def test_iter_score_checks_options_at_the_call(bundled: BundledScorer) -> None:
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"max_tiles": 0}, "'max_tiles' must be an integer >= 1 (or null), got 0"),
+        ({"max_tiles": 0}, "'max_tiles' must be an integer >= 1 and <= 64 (or null), got 0"),
+        ({"max_new_tokens": 10**9}, "'max_new_tokens' must be an integer >= 1 and <= 2048, got 1000000000"),
         ({"max_tiles": True}, "'max_tiles' must be an integer"),  # a bool is not a tile count
         ({"max_tiles": 2.5}, "'max_tiles' must be an integer"),
-        ({"max_new_tokens": None}, "'max_new_tokens' must be an integer >= 1, got None"),
+        ({"max_new_tokens": None}, "'max_new_tokens' must be an integer >= 1 and <= 2048, got None"),
         ({"max_new_tokens": "many"}, "'max_new_tokens' must be an integer"),
         ({"apply_exif": "no"}, "'apply_exif' must be true or false, got 'no'"),  # text only from forms
     ],
@@ -156,7 +157,7 @@ def test_text_values_from_forms() -> None:
     assert (opts.max_tiles, opts.apply_exif, opts.max_new_tokens) == (6, False, 12)
     assert parse_options(ExpertOptions, {"max_tiles": "null"}, from_text=True).max_tiles is None
     assert parse_options(MiniOptions, {"tta_flip": "TRUE"}, from_text=True).tta_flip is True
-    with pytest.raises(HumanAesError, match="'max_tiles' must be an integer >= 1"):
+    with pytest.raises(HumanAesError, match="'max_tiles' must be an integer >= 1 and <= 64"):
         parse_options(ExpertOptions, {"max_tiles": "six"}, from_text=True)
     with pytest.raises(HumanAesError, match="'max_pixels' not available"):
         parse_options(MiniOptions, {"max_pixels": "1"}, from_text=True, client_only=True)

@@ -643,3 +643,24 @@ def test_serve_command_rejects_bad_flags_before_starting(args: list[str], messag
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines == [f"error: {lines[0].removeprefix('error: ')}"] and message in lines[0]
+
+
+def test_a_humanaesexpert_model_over_http() -> None:
+    """The other model family through the same service: its modes, typed options, dimensions."""
+    import humanaes
+
+    scorer = humanaes.load("humanaes-tiny", device="cpu", dtype="float32")  # random weights, real architecture
+    photo = jpeg(3, (500, 300))
+    want = scorer.score(photo, mode="metavoter", max_tiles=2)[0]
+    with serve(scorer) as url:
+        info = httpx.get(f"{url}/v1/models").json()["models"][0]
+        r = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"mode": "metavoter", "max_tiles": "2"})
+        too_many = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"max_tiles": "100"})
+    assert [o["name"] for o in info["options"]] == ["apply_exif", "max_tiles", "max_new_tokens"]
+    assert len(info["dimensions"]) == 12 and info["annotation"] is True and "metavoter" in info["modes"]
+    assert r.status_code == 200, r.text
+    got = r.json()["results"][0]
+    assert got["overall"] == pytest.approx(want.overall, abs=1e-5)
+    assert got["expert"] == pytest.approx(want.expert, abs=1e-5) and len(got["expert"]) == 12
+    assert got["level_probs"] == pytest.approx(want.level_probs, abs=1e-5)
+    assert too_many.status_code == 422 and "'max_tiles' must be an integer >= 1 and <= 64" in too_many.json()["detail"]
