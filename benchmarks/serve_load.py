@@ -12,7 +12,9 @@
    server's peak RSS, the load generator's own CPU use (it shares the machine's cores with the
    server), and the served / in-process ratio (goal at saturation: >= 0.8). On a shared machine
    rates drift by 2x within a minute, so in-process windows are interleaved with the levels: each
-   level's ratio uses the mean of the in-process windows just before and just after it.
+   level's ratio uses the mean of the in-process windows just before and just after it. CPU time
+   per answered image (the server process's, 429s and parsing included) against CPU time per image
+   in-process is the steadier overhead figure on a busy machine.
 
     .venv/bin/python benchmarks/serve_load.py                       # 8 s per level, batch 8, 1 thread
     .venv/bin/python benchmarks/serve_load.py --seconds 4 --levels 1,4 --json out.json
@@ -69,17 +71,29 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
     return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def in_process_rate(scorer: Any, images: list[bytes], batch: int, seconds: float) -> float:
-    """Images/s of the scorer called directly with batches of `batch` images (decode included)."""
+def cpu_seconds_self() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds_of(pid: int) -> float:
+    """User + system CPU seconds of another process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def in_process_rate(scorer: Any, images: list[bytes], batch: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU seconds per image) of the scorer called directly with batches of `batch`
+    images (decode included). CPU time per image hardly depends on what else runs on the machine."""
     scorer.score(images[:batch], batch_size=batch)  # warm-up
-    done, start = 0, time.perf_counter()
+    done, start, cpu = 0, time.perf_counter(), cpu_seconds_self()
     i = 0
     while time.perf_counter() - start < seconds:
         chunk = [images[(i + k) % len(images)] for k in range(batch)]
         scorer.score(chunk, batch_size=batch)
         done += batch
         i += batch
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), (cpu_seconds_self() - cpu) / done
 
 
 def free_port() -> int:
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     scorer = humanaes.load(device="cpu", dtype=args.dtype)
     expected = {name: r.overall for (name, _), r in zip(images, scorer.score([d for _, d in images], batch_size=1))}
     datas = [d for _, d in images]
-    rate_before = in_process_rate(scorer, datas, args.max_batch, max(args.seconds / 2, 2))
+    rate_before, cpu_before = in_process_rate(scorer, datas, args.max_batch, max(args.seconds / 2, 2))
     print(f"in-process: {rate_before:.2f} images/s at batch {args.max_batch}, {args.threads} thread(s)", flush=True)
 
     port = free_port()
@@ -198,11 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_level(url, bodies, expected, rate_before / 2, 2))  # warm-up
         window = max(args.seconds / 2, 2)
         rates = [rate_before]
+        cpus = [cpu_before]
         for factor in [float(x) for x in args.levels.split(",")]:
+            server_cpu = cpu_seconds_of(server.pid)
             level = asyncio.run(run_level(url, bodies, expected, factor * rate_before, args.seconds))
+            level["server_cpu_ms_per_image"] = (cpu_seconds_of(server.pid) - server_cpu) / max(level["ok"], 1) * 1000
             level["factor"] = factor
             level["server_peak_rss_mb"] = peak_rss_mb(server.pid)
-            rates.append(in_process_rate(scorer, datas, args.max_batch, window))
+            rate, cpu = in_process_rate(scorer, datas, args.max_batch, window)
+            rates.append(rate)
+            cpus.append(cpu)
+            level["in_process_cpu_ms_per_image"] = (cpus[-2] + cpus[-1]) / 2 * 1000
             level["in_process_per_s"] = (rates[-2] + rates[-1]) / 2
             level["ratio_vs_in_process"] = level["answered_per_s"] / level["in_process_per_s"]
             levels.append(level)
@@ -216,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"in-process windows (images/s): {', '.join(f'{r:.2f}' for r in rates)}")
     print()
     print(f"{'load':>5} {'offered/s':>9} {'answered/s':>10} {'in-proc/s':>9} {'ratio':>6} {'p50 ms':>7} {'p95 ms':>7} "
-          f"{'p99 ms':>7} {'429':>5} {'other':>5} {'wrong':>5} {'RSS MB':>7} {'gen CPU':>7}")
+          f"{'p99 ms':>7} {'429':>5} {'other':>5} {'wrong':>5} {'RSS MB':>7} {'gen CPU':>7} {'CPU ms/img srv/in-proc':>22}")
     for lv in levels:
         print(f"{lv['factor']:>4g}x {lv['offered_per_s']:>9.1f} {lv['answered_per_s']:>10.2f} {lv['in_process_per_s']:>9.2f} "
               f"{lv['ratio_vs_in_process']:>6.2f} {lv['p50_ms']:>7.0f} {lv['p95_ms']:>7.0f} {lv['p99_ms']:>7.0f} "
               f"{lv['429']:>5} {lv['other']:>5} {lv['mismatch']:>5} {lv['server_peak_rss_mb']:>7.0f} "
-              f"{lv['generator_cpu_cores']:>7.2f}")
+              f"{lv['generator_cpu_cores']:>7.2f} {lv['server_cpu_ms_per_image']:>12.0f} / {lv['in_process_cpu_ms_per_image']:<7.0f}")
     lost = sum(lv["mismatch"] + lv["other"] for lv in levels)
     print(f"\nevery accepted answer checked against its own photo's in-process score: {lost} wrong or lost")
     if args.json:
