@@ -17,6 +17,7 @@ batch size or order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ from humanaes.config import HumanAesConfig
 from humanaes.errors import HumanAesError
 from humanaes.modeling import HumanAesExpertModel
 from humanaes import preprocessing
+from humanaes.options import ScoreOptions, option
 from humanaes.prompts import (
     DEFAULT_EXPERT_QUESTION,
     DEFAULT_GENERAL_QUESTION,
@@ -38,6 +40,19 @@ from humanaes.prompts import (
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
 
 DEFAULT_MAX_NEW_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class ExpertOptions(ScoreOptions):
+    """Options of HumanAesExpert scorers."""
+
+    # Upper bounds keep one request from holding the model for minutes (a batch, once started, runs to the end).
+    max_tiles: int | None = option(
+        None, "Most 448-pixel tiles per image (null: the model's own, 12 for the release).", minimum=1, maximum=64
+    )
+    max_new_tokens: int = option(
+        DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1, maximum=2048
+    )
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +72,8 @@ def positions_from_mask(mask: torch.Tensor, offset: torch.Tensor | None = None) 
 
 class HumanAesScorer(BaseScorer):
     """Scores images with a HumanAesExpert model (official weights, converted, or our own)."""
+
+    options_class = ExpertOptions
 
     def __init__(
         self,
@@ -123,7 +140,7 @@ class HumanAesScorer(BaseScorer):
         if mode == "expert":
             self._expert_full(per_image, n_tokens, results)
         if mode in ("annotate", "all"):
-            self._annotate(per_image, n_tokens, results, int(options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
+            self._annotate(per_image, n_tokens, results, options["max_new_tokens"])
         for r in results:
             r.finalize(self._overall(r, mode))
         return results
