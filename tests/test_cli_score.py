@@ -79,6 +79,11 @@ class PixelScorer(BaseScorer):
 @pytest.fixture
 def scorer(monkeypatch: pytest.MonkeyPatch) -> PixelScorer:
     """Make `humanaes.load` return a PixelScorer; the calls are recorded on it."""
+    return install_pixel_scorer(monkeypatch)
+
+
+def install_pixel_scorer(monkeypatch: pytest.MonkeyPatch) -> PixelScorer:
+    """Make `humanaes.load` return a new PixelScorer (also used by test_hostile_inputs)."""
     model = PixelScorer()
     model.load_calls = []  # type: ignore[attr-defined]
 
@@ -101,6 +106,11 @@ def _img(path: Path, colour: tuple[int, int, int], fmt: str | None = None) -> Pa
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A folder: 5 images (nested, mixed formats), plus things discovery must skip."""
+    return make_photos(tmp_path)
+
+
+def make_photos(tmp_path: Path) -> Path:
+    """The `photos` folder (also used by test_hostile_inputs)."""
     root = tmp_path / "photos"
     _img(root / "b.png", (200, 200, 200))
     _img(root / "a.jpg", (30, 30, 30))

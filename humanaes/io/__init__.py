@@ -9,7 +9,8 @@ manifest entries are items with an `error` and are never opened.
 
 - `image` (every format) is the item's **key**: its absolute path, NOT symlink-resolved (a link
   is keyed by its own path), made absolute against the working directory of the run that found
-  it, so a resume from another working directory still matches. `image_key(path)` computes it.
+  it and normalised like `os.path.abspath`, so a resume from another working directory still
+  matches. `image_key(path)` computes it.
 - Paths that are not valid UTF-8 (POSIX names are bytes) get the key `bytes:` + the path's bytes,
   with every byte outside printable ASCII, and `%` itself, written `%XX`
   (`/d/l_\\xe9.jpg` -> `bytes:/d/l_%E9.jpg`). A valid UTF-8 path is its own key and starts

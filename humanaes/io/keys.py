@@ -3,9 +3,9 @@
 The convention (documented in `humanaes.io`):
 
 - The **key** of a file is its absolute path, made absolute against the working directory but
-  NOT symlink-resolved (a link is its own item, keyed by its own path; `.` components and
-  repeated slashes are dropped, `..` is kept because dropping it would change the meaning
-  through a symlinked folder).
+  NOT symlink-resolved (a link is its own item, keyed by its own path). It is normalised
+  lexically like `os.path.abspath` (`.`, `..` and repeated slashes removed), so `photos/a.jpg`
+  given in one folder and `../photos/a.jpg` in another give the same key.
 - File names are bytes on POSIX. A path that is valid UTF-8 is its own key. A path that is not
   becomes `bytes:` followed by the path's bytes with every byte outside printable ASCII, and `%`
   itself, written as `%XX` (upper-case hex), e.g. `/data/l_\\xe9.jpg` -> `bytes:/data/l_%E9.jpg`.
@@ -31,13 +31,6 @@ def _path_bytes(path: str | os.PathLike[str] | bytes) -> bytes:
     return raw if isinstance(raw, bytes) else os.fsencode(raw)
 
 
-def _absolute_bytes(raw: bytes) -> bytes:
-    if not raw.startswith(b"/"):
-        raw = os.getcwdb() + b"/" + raw
-    parts = [p for p in raw.split(b"/") if p not in (b"", b".")]
-    return b"/" + b"/".join(parts)
-
-
 def encode_path_bytes(raw: bytes) -> str:
     """Text form of a path given as bytes: itself when UTF-8, else `bytes:` + percent-encoding."""
     try:
@@ -53,10 +46,8 @@ def image_key(path: str | os.PathLike[str] | bytes) -> str:
     PathLike or bytes. See the module docstring for the convention.
     """
     if os.name == "nt":  # Windows names are text already; no byte encoding needed
-        from pathlib import Path
-
-        return str(Path(os.fsdecode(os.fspath(path))).absolute())
-    return encode_path_bytes(_absolute_bytes(_path_bytes(path)))
+        return os.path.abspath(os.fsdecode(os.fspath(path)))
+    return encode_path_bytes(os.path.abspath(_path_bytes(path)))
 
 
 def key_to_path(key: str) -> str:
