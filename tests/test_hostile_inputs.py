@@ -250,8 +250,9 @@ def test_image_key_encoding_is_injective_and_reversible(tmp_path: Path) -> None:
     assert hio.image_key(bad) == "bytes:/d/l_%E9.jpg"
     assert hio.image_key(literal) == "/d/l_%E9.jpg"
     assert hio.image_key(os.fsdecode(bad)) == hio.image_key(bad)  # surrogate-escaped str: same key
-    for raw in (bad, literal, b"/d/100%\xff%", b"/d/\xc3\xa9\xe9 x,y\n.png"):
+    for raw in (bad, literal, b"/d/100%\xff%", b"/d/%41\xff", b"/d/\xc3\xa9\xe9 x,y\n.png"):
         assert os.fsencode(hio.key_to_path(hio.image_key(raw))) == raw
+    assert hio.image_key(b"/d/%41\xff") != hio.image_key(b"/d/A\xff")
     assert hio.image_key("rel/./x.jpg") == os.path.join(os.getcwd(), "rel", "x.jpg")
     assert hio.image_key("a/../b.jpg") == os.path.join(os.getcwd(), "b.jpg")  # lexical, like abspath
     link = tmp_path / "link.jpg"
@@ -278,6 +279,20 @@ def test_non_utf8_names_are_written_and_resume(tmp_path: Path, photos: Path, sco
     assert hio.key_to_path(bad_key) == bad
     result = _run(str(photos), "--out", str(out))
     assert result.exit_code == 0 and "nothing to do" in result.stderr, result.output
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_writers_encode_a_raw_undecodable_name_from_the_api(tmp_path: Path, fmt: str) -> None:
+    # Bug caught: a result named with surrogate escapes (os.listdir output) crashes the writer.
+    pytest.importorskip("pyarrow")
+    out = tmp_path / f"s.{fmt}"
+    writer = hio.open_writer(out, fmt)
+    raw = os.fsdecode(b"/x/l_\xe9.png")
+    writer.write_batch([ScoreResult.failed(raw, f"{raw}: broken")], model="m", mode="fast", displays=[raw])
+    writer.close()
+    (row,) = read_rows(out)
+    assert row["image"] == "bytes:/x/l_%E9.png" and row["display"] == "/x/l_\\xe9.png"
+    assert row["error"] == "/x/l_\\xe9.png: broken"
 
 
 ODD_NAMES = ["cr\rname.png", "lf\nname.png", 'quo"te.png', "com,ma.png", "sp ace.png", "<script>x</script>.png",
