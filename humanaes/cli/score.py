@@ -7,6 +7,7 @@ interrupted (the rows written so far are kept; rerun the same command to resume)
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -234,39 +235,45 @@ def _run(
         click.echo(f"resuming {out}: {skipped} images already scored, {len(todo)} to go", err=True)
 
     # Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
-    # are error rows without being opened; the rest go to the model.
-    unreadable = [item for item in todo if item.error]
-    readable = [item for item in todo if not item.error]
+    # become error rows without being opened; runs of the others go to the model. Rows keep the
+    # input order and are written every batch_size results (one fsync per model batch).
     displays = {item.key: item.display for item in todo}
     new_rows: list[ScoreResult] = []
+    pending: list[ScoreResult] = []
     start = time.monotonic()
     # delay: short runs show no bar at all; long runs show images/s.
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=quiet, delay=1.0, dynamic_ncols=True,
                smoothing=0.1)
 
-    def write(batch: list[ScoreResult]) -> None:
-        writer.write_batch(batch, model=model_name, mode=mode, displays=[displays.get(r.image) for r in batch])
-        new_rows.extend(batch)
+    def write() -> None:
+        writer.write_batch(pending, model=model_name, mode=mode, displays=[displays.get(r.image) for r in pending])
+        new_rows.extend(pending)
+        pending.clear()
+
+    def add(result: ScoreResult) -> None:
+        pending.append(result)
+        bar.update(1)
+        if len(pending) >= batch_size:
+            write()
 
     interrupted = False
     try:
         with _sigterm_as_interrupt():
-            if unreadable:
-                write([ScoreResult.failed(item.key, f"{item.display}: {item.error}") for item in unreadable])
-                bar.update(len(unreadable))
-            batch: list[ScoreResult] = []
-            keys = [item.key for item in readable]
-            # iter_score yields a batch's results together; writing every batch_size results keeps
-            # one fsync per model batch.
-            for result in scorer.iter_score([item.path for item in readable], mode=mode, batch_size=batch_size,
-                                            names=keys, **options):
-                batch.append(result)
-                bar.update(1)
-                if len(batch) == batch_size:
-                    write(batch)
-                    batch = []
-            if batch:
-                write(batch)
+            for refused, run in itertools.groupby(todo, key=lambda item: item.error is not None):
+                group = list(run)
+                if refused:
+                    for item in group:
+                        add(ScoreResult.failed(item.key, f"{item.display}: {item.error}"))
+                    continue
+                # The model names results (and their errors) by the path as given; the row's
+                # image is the key. iter_score yields one result per input, in order.
+                results = scorer.iter_score([item.path for item in group], mode=mode, batch_size=batch_size,
+                                            names=[item.display for item in group], **options)
+                for item, result in zip(group, results):
+                    result.image = item.key
+                    add(result)
+            if pending:
+                write()
     except KeyboardInterrupt:
         interrupted = True
     finally:
