@@ -63,10 +63,12 @@ def _previous_failures(rows: list[dict[str, Any]]) -> int:
     return sum(1 for r in rows if r.get("error"))
 
 
-#: The largest --batch-size: a batch's decoded inputs and activations are held at once (about
-#: 5 MiB per image for the bundled model, far more for HumanAesExpert's tiles), and beyond a few
-#: dozen images a bigger batch is no faster on a CPU. See benchmarks/batch_memory.py.
-MAX_BATCH_SIZE = 256
+#: The largest --batch-size. A batch's decoded inputs and activations are held at once: measured
+#: with the bundled model (benchmarks/batch_memory.py, 1 thread) peak RSS is 544 MiB at batch 8
+#: and 1408 MiB at 128 (128 photos), 2091 MiB at 256 (256 photos): 6-8 MiB more per image in a
+#: batch, and HumanAesExpert's tiles cost far more. Batches past a few dozen images are no faster
+#: on a CPU (256 photos: 41 s at 8, 43 s at 64, 66 s at 256).
+MAX_BATCH_SIZE = 128
 #: How many failed items the summary names before pointing at the output for the rest.
 NAMED_FAILURES = 3
 
