@@ -335,6 +335,23 @@ def test_parquet_temp_file_does_not_follow_a_planted_symlink(tmp_path: Path, pho
     assert leftovers == []
 
 
+def test_parquet_journal_symlink_is_refused(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    # Bug caught: rows appended through a planted `<out>.partial.jsonl` link into a file of the attacker's choice.
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "s.parquet"
+    hio.journal_path(out).symlink_to(tmp_path / "evil.txt")
+    line = _one_line_error(_run(str(photos), "--out", str(out)))
+    assert "is a symlink; remove it" in line and not (tmp_path / "evil.txt").exists()
+
+
+def test_out_that_is_a_fifo_is_refused_without_opening(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    out = tmp_path / "s.jsonl"
+    os.mkfifo(out)
+    with deadline(20):
+        line = _one_line_error(_run(str(photos), "--out", str(out)))
+    assert "FIFO" in line and scorer.calls == []
+
+
 # -- 8. --batch-size cap ---------------------------------------------------------------------------
 
 

@@ -177,17 +177,23 @@ class _AppendFile:
     row (model not found, bad flags) leaves no empty output behind.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, follow_symlink: bool = True):
         self.path = path
         self._fh: IO[str] | None = None
         self._closed = False
+        self._nofollow = 0 if follow_symlink else getattr(os, "O_NOFOLLOW", 0)
 
     def append(self, text: str) -> None:
         if self._closed:
             raise ValueError(f"{self.path} is already closed")
         if self._fh is None:
             created = not self.path.exists()
-            self._fh = open(self.path, "a", encoding="utf-8", newline="")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | self._nofollow | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                raise HumanAesError(f"{self.path}: cannot write it ({exc.strerror or exc})") from None
+            self._fh = open(fd, "a", encoding="utf-8", newline="")
             if created:
                 fsync_dir(self.path.parent)
         self._fh.write(text)
@@ -507,6 +513,10 @@ class ParquetWriter(ResultWriter):
         self.journal = journal_path(path)
         self._warn = warn
         check_output_path(self.journal, "--out journal")
+        if self.journal.is_symlink():
+            # a fixed name beside the output: never read or append through a planted link
+            raise HumanAesError(f"--out {path}: its journal {self.journal} is a symlink; remove it (humanaes never "
+                                "writes through one)")
         parquet_rows: list[Row] = []
         self._dirty = False  # the Parquet file must be rewritten on close
         if path.exists() and path.stat().st_size > 0:
@@ -519,7 +529,7 @@ class ParquetWriter(ResultWriter):
         rows = [*parquet_rows, *journaled]
         self.existing = latest_by_key(rows)
         self._dirty |= len(self.existing) < len(rows)
-        self._file: _AppendFile | None = _AppendFile(self.journal)
+        self._file: _AppendFile | None = _AppendFile(self.journal, follow_symlink=False)
 
     def _read_parquet(self, path: Path) -> list[Row]:
         try:
