@@ -222,11 +222,12 @@ def test_symlink_loop_and_dangling_link_are_error_rows_keyed_by_the_link(tmp_pat
     manifest.write_text(f"{photos / 'loop_a.jpg'}\n{photos / 'b.png'}\n")
     out = tmp_path / "s.parquet"
     pytest.importorskip("pyarrow")
-    result = _run(str(photos), str(manifest), "--out", str(out))
+    result = _run(str(manifest), str(photos), "--out", str(out))  # the manifest's items come first
     assert result.exit_code == 1, result.output
     rows = by_key(out)
     assert len(rows) == 5 + 4
     assert "symlink loop" in rows[str(photos / "loop_a.jpg")]["error"]
+    assert f"listed in {manifest}, line 1" in rows[str(photos / "loop_a.jpg")]["error"]
     assert "symlink loop" in rows[str(photos / "loop_b.jpg")]["error"]
     dangling = rows[str(photos / "dangling.png")]
     assert "dangling symlink" in dangling["error"] and "gone.png" in dangling["error"]
