@@ -135,17 +135,17 @@ def score_command(
     # after a minute of model loading.
     if batch_size < 1:
         raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
-    if batch_size > MAX_BATCH_SIZE:
-        raise HumanAesError(
-            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
-            "and larger batches are not faster; use a smaller one"
-        )
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     if max_tiles is not None and max_tiles < 1:
         raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
+    if batch_size > MAX_BATCH_SIZE:
+        raise HumanAesError(
+            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
+            "and larger batches are not faster; use a smaller one"
+        )
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise HumanAesError(f"--report {report} should be an .html file")
     if report is not None:
