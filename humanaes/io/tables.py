@@ -9,8 +9,6 @@ from typing import Any
 
 from humanaes.io.rows import DIMENSION_COLUMNS, SCORE_COLUMNS
 
-# -- text tables --------------------------------------------------------------------------------
-
 # Short headers so that all twelve dimensions fit a wide terminal.
 DIMENSION_SHORT: tuple[str, ...] = (
     "f_bright",
