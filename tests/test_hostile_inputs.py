@@ -207,6 +207,17 @@ def test_load_image_refuses_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
         load_image("/dev/zero")  # would otherwise read forever
 
 
+def test_load_image_refuses_a_file_too_big_for_any_allowed_image(tmp_path: Path) -> None:
+    # Bug caught: a sparse multi-gigabyte "photo" is read whole into memory before decoding.
+    big = tmp_path / "sparse.jpg"
+    with open(big, "wb") as fh:
+        fh.truncate(10_000_000)  # sparse: no disk used
+    with pytest.raises(ImageLoadError, match="larger than any image within the pixel limit"):
+        load_image(big, max_pixels=1000)  # at most 1000 * 8 bytes + 1 MiB
+    with pytest.raises(ImageLoadError, match="looks like|not an image|starts with"):  # no limit: read, then refused as data
+        load_image(big, max_pixels=None)
+
+
 # -- 3. symlink loops and dangling links ----------------------------------------------------------
 
 
