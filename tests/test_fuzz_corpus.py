@@ -104,6 +104,8 @@ def build_corpus(root: Path) -> tuple[list[str], set[str]]:
     (d / "corrupt_middle.jpg").write_bytes(bytes(flipped))
     (d / "bomb.png").write_bytes(_png_with_size(200_000, 200_000))
     (d / "gif_bomb.gif").write_bytes(b"GIF89a" + struct.pack("<HH", 65535, 65535) + b"\x00\x00\x00;")
+    with open(d / "huge_sparse.jpg", "wb") as fh:
+        fh.truncate(3 << 30)  # a 3 GiB "photo" of zeros; sparse, so it costs no disk
     (d / "heic_without_decoder.heic").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 32)
     # -- file-system hostiles
     os.mkfifo(d / "fifo.jpg")
@@ -205,7 +207,7 @@ def test_fuzz_corpus(tmp_path: Path, corpus: tuple[list[str], set[str]], bundled
             "exif_rotated.jpg", "alias.jpg", "new\nline.jpg", "cr\rname.jpg", "inside.png"} <= good
     bad = {os.path.basename(hio.key_to_path(k)) for k, r in by_key.items() if r["error"]}
     assert {"zero.jpg", "truncated.jpg", "bomb.png", "fifo.jpg", "loop_a.jpg", "dangling.jpg",
-            "to_dev_zero.jpg", "missing.jpg", "text.jpg"} <= bad
+            "to_dev_zero.jpg", "missing.jpg", "text.jpg", "huge_sparse.jpg"} <= bad
 
     snapshot = out.read_bytes()
     again = _score(args, out)
