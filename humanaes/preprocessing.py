@@ -9,13 +9,14 @@ against the official preprocessing (checked against the fixtures in tests/test_p
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Literal, Union
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from humanaes.errors import ConfigError, ImageLoadError
+from humanaes.io.discovery import special_file_kind
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 AlphaMode = Literal["white", "drop"]
@@ -252,7 +254,7 @@ def load_image(
     if isinstance(source, Image.Image):
         img, data = source, None
     else:
-        data = _read_bytes(source, item)
+        data = _read_bytes(source, item, _max_file_bytes(max_pixels))
         img = _open_lazy(data, item, max_pixels)
 
     try:
@@ -324,24 +326,12 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
-def _read_bytes(source: Any, item: str) -> bytes | memoryview:
+def _read_bytes(source: Any, item: str, max_bytes: int | None = None) -> bytes | memoryview:
     """Whole encoded file in memory: no file handle outlives the call, and we can sniff it."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ImageLoadError(item, "file not found") from None
-        except IsADirectoryError:
-            raise ImageLoadError(item, "is a folder, not an image file") from None
-        except PermissionError:
-            raise ImageLoadError(item, "permission denied reading the file") from None
-        except OSError as exc:
-            if path.is_dir():  # Windows reports folders as PermissionError/OSError
-                raise ImageLoadError(item, "is a folder, not an image file") from None
-            raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+        return _read_regular_file(os.fspath(source), item, max_bytes)
     if hasattr(source, "read"):
         try:
             data = source.read()
@@ -355,6 +345,64 @@ def _read_bytes(source: Any, item: str) -> bytes | memoryview:
     raise ImageLoadError(
         item, f"unsupported source type {type(source).__name__}; pass a path, bytes, a binary file object or a PIL image"
     )
+
+
+def _max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file an image within `max_pixels` can be: 8 bytes a pixel (16-bit RGBA, stored
+    uncompressed) plus 1 MiB of metadata. A bigger file (a sparse 100 GB "photo") is refused before
+    it is read into memory."""
+    return None if max_pixels is None else max_pixels * 8 + (1 << 20)
+
+
+def _read_regular_file(path: str | bytes, item: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file; anything else (FIFO, socket, device, folder, symlink loop) is
+    refused with ImageLoadError before it is opened, so reading never blocks on a pipe. A file
+    larger than `max_bytes` is refused before it is read.
+
+    The file is opened with O_NONBLOCK and checked again with fstat, so a FIFO swapped in
+    between the two checks cannot block either.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError(item, "dangling symlink (its target does not exist)") from None
+        raise ImageLoadError(item, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(item, "permission denied reading the file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(item, "symlink loop (the link leads back to itself)") from None
+        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+    _require_regular(mode, item)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        raise ImageLoadError(item, "permission denied reading the file") from None
+    except OSError as exc:
+        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        _require_regular(st.st_mode, item)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageLoadError(
+                item,
+                f"file of {st.st_size} bytes is larger than any image within the pixel limit can be "
+                f"({max_bytes} bytes); not read. Pass a larger max_pixels to allow it",
+            )
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+
+
+def _require_regular(mode: int, item: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError(item, "is a folder, not an image file")
+    raise ImageLoadError(item, f"is a {special_file_kind(mode)}, not a regular file; not opened")
 
 
 # Serialises the rare temporary lift of Pillow's global bomb limit (see _open_lazy).
