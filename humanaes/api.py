@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from humanaes.errors import HumanAesError, ImageLoadError
+from humanaes.hints import hint
 from humanaes.preprocessing import ImageSource, load_image, source_name
 from humanaes.schema import SCORE_MODES, ScoreResult
 
@@ -37,9 +38,11 @@ class BaseScorer(abc.ABC):
         if mode not in SCORE_MODES:
             raise HumanAesError(f"unknown mode {mode!r}; choose one of: {', '.join(SCORE_MODES)}")
         if mode not in self.supported_modes:
+            use = hint(api="load a HumanAesExpert checkpoint with humanaes.load(folder or hub id)",
+                       cli="pass --model with a HumanAesExpert checkpoint")
             raise HumanAesError(
                 f"mode {mode!r} is not available with model {self.name!r} "
-                f"(it supports: {', '.join(self.supported_modes)}); pass --model with a HumanAesExpert checkpoint"
+                f"(it supports: {', '.join(self.supported_modes)}); {use}"
             )
         return mode
 
