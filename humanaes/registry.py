@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from humanaes.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.hints import hint
+from humanaes.modelinfo import bundled_metadata
 
 if TYPE_CHECKING:  # torch loads on first use: `humanaes models` and `--help` stay instant
     import torch
@@ -80,8 +81,18 @@ def create_model(
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Presets and bundled models, with what their scores mean."""
-    rows = [_bundled_row()]
+    """Presets and bundled models: what their scores mean and their weights' licence."""
+    from humanaes.modelinfo import model_facts
+
+    bundled = model_facts(BUNDLED_DEFAULT)
+    meta = bundled_metadata()
+    rows = [{
+        "name": BUNDLED_DEFAULT,
+        "kind": "bundled (default, ships in the package)",
+        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
+        "score_meaning": bundled.score_meaning,
+        "licence": bundled.licence,
+    }]
     for name in list_presets():
         preset = get_preset(name)
         rows.append(
@@ -90,23 +101,10 @@ def list_models() -> list[dict[str, Any]]:
                 "kind": "preset (random weights)" if preset.get("random_init") else f"preset (weights: {preset.get('hub_id')})",
                 "description": preset.get("description", ""),
                 "score_meaning": preset.get("score_meaning", ""),
+                "licence": model_facts(name).licence,
             }
         )
     return rows
-
-
-def _bundled_row() -> dict[str, Any]:
-    meta_file = Path(str(resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json")))
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    metrics = meta.get("val_metrics") or {}
-    measured = ", ".join(f"{k.upper()} {metrics[k]:.3f}" for k in ("plcc", "srcc") if isinstance(metrics.get(k), (int, float)))
-    return {
-        "name": BUNDLED_DEFAULT,
-        "kind": "bundled (default, ships in the package)",
-        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
-        "score_meaning": "facial attractiveness ratings of MEBeauty raters in [0, 1] (a proxy, NOT HumanAesExpert)"
-        + (f"; MEBeauty val {measured}" if measured else ""),
-    }
 
 
 def load(

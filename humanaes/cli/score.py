@@ -308,7 +308,7 @@ def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, qu
 def models_command(as_json: bool) -> None:
     """List model presets and bundled models, and what their scores mean."""
     import humanaes
-    from humanaes.io import format_text_table
+    from humanaes.cli.wrap import format_wrapped_table
 
     entries = list(humanaes.list_models())
     if as_json:
@@ -317,9 +317,9 @@ def models_command(as_json: bool) -> None:
     if not entries:
         click.echo("no models available", err=True)
         return
-    headers = ["name", "kind", "score meaning", "description"]
+    headers = ["name", "kind", "score meaning", "licence", "description"]
     rows = [[str(e.get(k.replace(" ", "_"), "") or "") for k in headers] for e in entries]
-    click.echo(format_text_table(headers, rows), nl=False)
+    click.echo(format_wrapped_table(headers, rows), nl=False)  # fits the terminal's width
 
 
 COMMANDS = [score_command, models_command]
