@@ -27,18 +27,25 @@ def _table_widths(headers: Sequence[str], rows: Sequence[Sequence[str]], width: 
     widths = list(natural)
     flexible = [i for i in range(1, len(headers)) if natural[i] > MIN_WRAPPED_COLUMN]
     left = room - sum(natural[i] for i in range(len(headers)) if i not in flexible)
-    # Water-filling: the shortest columns take their natural width when it is below an equal
-    # share, and what they leave goes to the longer ones.
-    for done, i in enumerate(sorted(flexible, key=lambda i: natural[i])):
-        widths[i] = min(natural[i], left // (len(flexible) - done))
-        left -= widths[i]
-    if any(widths[i] < MIN_WRAPPED_COLUMN for i in flexible):
+    # Each wrapped column gets at least its longest word (words are never cut) and a readable
+    # minimum; the room left is water-filled: columns needing little more take it all, the
+    # longest ones share the rest.
+    for i in flexible:
+        longest_word = max(len(word) for cell in [headers[i], *(r[i] for r in rows)] for word in cell.split() or [""])
+        widths[i] = min(natural[i], max(MIN_WRAPPED_COLUMN, longest_word))
+    left -= sum(widths[i] for i in flexible)
+    if left < 0:
         return None
+    needy = sorted(flexible, key=lambda i: natural[i] - widths[i])
+    for done, i in enumerate(needy):
+        extra = min(natural[i] - widths[i], left // (len(needy) - done))
+        widths[i] += extra
+        left -= extra
     return widths
 
 
 def _wrap(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+    return textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False) or [""]
 
 
 def format_wrapped_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, width: int | None = None) -> str:
