@@ -131,28 +131,42 @@ def autocast_to(device: torch.device, dtype: torch.dtype) -> AbstractContextMana
 # and leaves out the cores that others are using.
 
 
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask, e.g. `taskset` or a container's cpuset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+    cpus = _affinity()
+    return max(1, len(cpus) if cpus is not None else os.cpu_count() or 1)
 
 
-def _cpu_ticks() -> tuple[float, float] | None:
-    """(busy, total) seconds of all CPUs since boot, from /proc/stat; None where unavailable."""
+def _cpu_ticks(cpus: set[int] | None = None) -> tuple[float, float] | None:
+    """(busy, total) seconds since boot of the CPUs in `cpus` (all of them when None), from
+    /proc/stat; None where unavailable. Counting only our own CPUs matters on big machines: a
+    neighbour busy on the two CPUs we are pinned to must not be diluted by 14 idle others."""
     try:
         with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
+            lines = [line.split() for line in f if line.startswith("cpu")]
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    idle = values[3] + values[4]
-    total = sum(values)
-    return (total - idle) / hz, total / hz
+    busy = total = 0
+    for fields in lines:
+        if cpus is None:
+            if fields[0] != "cpu":  # the first line sums all CPUs
+                continue
+        elif fields[0] == "cpu" or int(fields[0][3:]) not in cpus:
+            continue
+        values = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+        busy += sum(values) - values[3] - values[4]
+        total += sum(values)
+    if total == 0:
+        return None
+    return busy / hz, total / hz
 
 
 def _own_cpu_seconds() -> float:
@@ -163,26 +177,27 @@ def _own_cpu_seconds() -> float:
 class CpuLoadProbe:
     """How many CPUs other processes keep busy, measured between creation and `others_busy()`.
 
-    Reads /proc/stat twice and subtracts this process's own CPU time, so the window can be the
-    model load itself (no extra wait). Falls back to the 1-minute load average where /proc/stat
+    Reads /proc/stat twice (only the CPUs in this process's affinity mask) and subtracts this
+    process's own CPU time, so the window can be the model load itself (no extra wait). Falls back to the 1-minute load average where /proc/stat
     is missing or the window is too short to mean anything.
     """
 
     MIN_WINDOW_S = 0.05
 
     def __init__(self) -> None:
-        self._start = _cpu_ticks()
+        self._cpus = _affinity()
+        self._start = _cpu_ticks(self._cpus)
         self._own = _own_cpu_seconds()
         self._wall = time.monotonic()
 
     def others_busy(self) -> float:
         """CPUs' worth of work done by other processes during the window (>= 0)."""
-        end = _cpu_ticks()
+        end = _cpu_ticks(self._cpus)
         wall = time.monotonic() - self._wall
         if self._start is None or end is None or wall < self.MIN_WINDOW_S:
             return _load_average()
         busy = (end[0] - self._start[0]) - (_own_cpu_seconds() - self._own)
-        return max(0.0, min(busy / wall, float(os.cpu_count() or 1)))
+        return max(0.0, min(busy / wall, float(len(self._cpus) if self._cpus else os.cpu_count() or 1)))
 
 
 def _load_average() -> float:
@@ -207,9 +222,7 @@ def default_threads(probe: CpuLoadProbe | None = None, *, cpus: int | None = Non
         if probe is None:
             probe = CpuLoadProbe()
             time.sleep(0.2)
-        # /proc/stat covers every CPU of the machine; with a smaller affinity mask, count the
-        # share of the others' work that falls on ours (assuming it spreads evenly).
-        others = probe.others_busy() * cpus / max(cpus, os.cpu_count() or cpus)
+        others = probe.others_busy()
     free = math.floor(cpus - others + 0.5)
     return max(1, min(free, cpus, _torch_default_threads()))
 

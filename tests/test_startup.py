@@ -4,6 +4,7 @@ the caller, missing extras, `humanaes models` within the terminal (issue 11)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -28,8 +29,6 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "HumanBeauty"
 
 
 def _python(code: str, **env: str) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env})
 
@@ -97,15 +96,27 @@ def test_probe_subtracts_own_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks = iter([(100.0, 400.0), (101.5, 402.0)])  # 1.5 CPU-seconds busy over the window
     own = iter([10.0, 10.5])  # of which 0.5 s were ours
     wall = iter([0.0, 1.0])
-    monkeypatch.setattr(runtime, "_cpu_ticks", lambda: next(ticks))
+    monkeypatch.setattr(runtime, "_cpu_ticks", lambda cpus=None: next(ticks))
     monkeypatch.setattr(runtime, "_own_cpu_seconds", lambda: next(own))
     monkeypatch.setattr(runtime.time, "monotonic", lambda: next(wall))
     probe = runtime.CpuLoadProbe()
     assert probe.others_busy() == pytest.approx(1.0)
 
 
+def test_cpu_ticks_counts_only_our_cpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  300 0 100 600 0 0 0 0 0 0\n"
+                    "cpu0 100 0 0 0 0 0 0 0 0 0\ncpu1 0 0 100 100 0 0 0 0 0 0\ncpu2 200 0 0 500 0 0 0 0 0 0\nintr 1\n")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(stat if path == "/proc/stat" else path, *a, **k))
+    hz = os.sysconf("SC_CLK_TCK")
+    assert runtime._cpu_ticks() == (400 / hz, 1000 / hz)
+    assert runtime._cpu_ticks({0, 1}) == (200 / hz, 300 / hz)
+    assert runtime._cpu_ticks({2}) == (200 / hz, 700 / hz)
+
+
 def test_probe_sees_a_busy_neighbour() -> None:
-    """A real CPU burner next to us counts as (about) one busy CPU."""
+    """A real CPU burner on our CPUs counts as (about) one busy CPU."""
     burner = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<3: pass"])
     try:
         import time
@@ -159,7 +170,6 @@ def test_score_help_documents_the_thread_default() -> None:
 
 def test_loading_line_on_a_terminal() -> None:
     """On a terminal the CLI says what it loads before the first result; off one it stays quiet."""
-    import os
     import pty
 
     pid, fd = pty.fork()
