@@ -240,6 +240,15 @@ def test_every_substitution_still_matches() -> None:
     assert not stale, f"substitutions that match no runnable block: {stale}"
 
 
+def test_setup_command_ends_by_activating_the_venv() -> None:
+    """The runner runs blocks with `.venv/bin` on PATH, as the README's set-up command leaves the
+    shell; without the activation at its end, bare `humanaes` would be 'command not found'."""
+    setup = [b for b in extract_blocks((REPO / "README.md").read_text(encoding="utf-8"), "README.md")
+             if "python3 -m venv .venv" in b.code]
+    assert setup, "README.md has no set-up command"
+    assert setup[0].code.strip().endswith("&& . .venv/bin/activate"), setup[0].code
+
+
 def test_blocks_are_runnable_or_marked() -> None:
     """Bare `humanaes`/`huggingface-cli` habits the issue found, caught without running anything."""
     for document in documents():

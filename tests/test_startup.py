@@ -350,3 +350,24 @@ def test_models_fits_the_terminal_and_loses_no_words(width: int) -> None:
 def test_the_bundled_models_licence_is_listed() -> None:
     entry = next(e for e in humanaes.list_models() if e["name"] == "humanaes-mini")
     assert entry["licence"] == "weights derived from MEBeauty: non-commercial research use only"
+
+
+# -- fine-tuning without a val split --------------------------------------------------------------
+
+
+def test_metric_without_validation_data_says_how_to_get_some(tmp_path: Path) -> None:
+    from humanaes.errors import ConfigError
+    from humanaes.finetune import FinetuneConfig, run_training
+
+    if not (SHARED_DATA / "train_label.jsonl").exists():
+        pytest.skip("shared MEBeauty data not available")
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (SHARED_DATA / "train_label.jsonl").read_text(encoding="utf-8").splitlines()[:8]
+    (data / "train_label.jsonl").write_text("\n".join(rows) + "\n")  # no val_label.jsonl beside it
+    (data / "HumanBeauty-58K").symlink_to(SHARED_DATA / "HumanBeauty-58K")
+    config = FinetuneConfig.from_dict({"init": "humanaes-tiny", "data": {"train": str(data), "max_tiles": 1},
+                                       "trainer": {"output_dir": str(tmp_path / "run"), "metric_for_best": "val_srcc"}})
+    with pytest.raises(ConfigError, match=r"no val_label.jsonl in .*set data.val_holdout=0.05"):
+        run_training(config)
+    assert not (tmp_path / "run").exists()
