@@ -212,7 +212,9 @@ def default_threads(probe: CpuLoadProbe | None = None, *, cpus: int | None = Non
     `humanaes.load(..., threads="auto")`).
 
     Threads = the usable CPUs minus those other processes keep busy (rounded to the nearest
-    whole CPU, at least 1, at most PyTorch's own default of one per physical core). A quiet
+    whole CPU, at least 1, at most PyTorch's own default of one per physical core and at most
+    the count the process runs with now, so OMP_NUM_THREADS or an earlier
+    `torch.set_num_threads()` caps it). A quiet
     2-core machine gets 2, a 2-core machine with one busy neighbour gets 1. `others` is measured
     by `probe` (over the model load, say) or, without one, sampled for 0.2 s now; `cpus` defaults
     to the CPUs in this process's affinity mask.
@@ -224,7 +226,9 @@ def default_threads(probe: CpuLoadProbe | None = None, *, cpus: int | None = Non
             time.sleep(0.2)
         others = probe.others_busy()
     free = math.floor(cpus - others + 0.5)
-    return max(1, min(free, cpus, _torch_default_threads()))
+    # Never more than PyTorch's own default, nor than the process already runs with: an
+    # OMP_NUM_THREADS or an earlier torch.set_num_threads() by the caller is a deliberate cap.
+    return max(1, min(free, cpus, _torch_default_threads(), torch.get_num_threads()))
 
 
 @functools.lru_cache(maxsize=1)

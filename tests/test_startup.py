@@ -84,12 +84,20 @@ def test_lazy_names_resolve() -> None:
 ])
 def test_default_threads_leaves_out_busy_cpus(cpus: int, others: float, expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "_torch_default_threads", lambda: 64)
+    monkeypatch.setattr(runtime.torch, "get_num_threads", lambda: 64)
     assert runtime.default_threads(cpus=cpus, others=others) == expected
 
 
-def test_default_threads_never_exceeds_pytorchs_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runtime, "_torch_default_threads", lambda: 4)  # e.g. OMP_NUM_THREADS=4
-    assert runtime.default_threads(cpus=16, others=0.0) == 4
+def test_default_threads_never_exceeds_pytorchs_default_or_the_callers_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        monkeypatch.setattr(runtime, "_torch_default_threads", lambda: 4)  # e.g. OMP_NUM_THREADS=4
+        assert runtime.default_threads(cpus=16, others=0.0) == 4
+        torch.set_num_threads(3)  # the caller chose 3 before loading: auto does not raise it
+        assert runtime.default_threads(cpus=16, others=0.0) == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_probe_subtracts_own_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
