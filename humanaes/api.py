@@ -32,6 +32,10 @@ class BaseScorer(abc.ABC):
     default_mode: str = "fast"
     #: whether EXIF orientation is applied when decoding (False = official behaviour)
     apply_exif: bool = True
+    #: the text tokenizer of language-model scorers; None for models without one (the bundled
+    #: CNN), so `save_checkpoint(scorer.model, ..., tokenizer=scorer.tokenizer)` fails with a
+    #: clear error about the model instead of an AttributeError
+    tokenizer: Any = None
 
     def check_mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode

@@ -162,7 +162,8 @@ def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: 
             tokenizer = getattr(model_or_scorer, "tokenizer", None)
     if not isinstance(model, HumanAesExpertModel):
         what = getattr(model_or_scorer, "name", None) or type(model_or_scorer).__name__
-        if str(what) in BUNDLED_NAMES:
+        if str(what) in BUNDLED_NAMES or type(model).__module__.startswith("humanaes.bundled"):
+            what = BUNDLED_DEFAULT
             raise CheckpointError(
                 f"save_checkpoint saves HumanAesExpert models; {what} is the bundled model, which ships inside the "
                 "package (load it with humanaes.load()) and has its own format (humanaes.bundled.save_bundled)"

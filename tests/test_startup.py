@@ -331,6 +331,18 @@ def test_save_checkpoint_of_the_bundled_scorer_is_a_clear_error(tmp_path: Path) 
         humanaes.save_checkpoint(torch.nn.Linear(2, 2), tmp_path / "out")
 
 
+def test_save_checkpoint_with_the_old_snippet_on_the_bundled_model(tmp_path: Path) -> None:
+    """The README's former `save_checkpoint(scorer.model, ..., tokenizer=scorer.tokenizer)` with
+    the default model: a HumanAesError that says why, not an AttributeError."""
+    from humanaes.bundled.scorer import BundledScorer, load_model
+
+    model, meta = load_model(None, "cpu")
+    scorer = BundledScorer(model, meta)
+    with pytest.raises(CheckpointError, match="humanaes-mini is the bundled model"):
+        humanaes.save_checkpoint(scorer.model, tmp_path / "out", tokenizer=scorer.tokenizer)
+    assert not (tmp_path / "out").exists()
+
+
 def test_save_checkpoint_of_a_scorer_round_trips(tmp_path: Path) -> None:
     scorer = humanaes.load("humanaes-tiny", device="cpu", threads=None)
     folder = humanaes.save_checkpoint(scorer, tmp_path / "ckpt")
