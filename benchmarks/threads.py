@@ -121,6 +121,10 @@ def main() -> None:
     verdict_quiet = "met" if default["quiet"]["ratio_to_best"] <= 1.2 else "NOT met"
     verdict_busy = "met" if default["busy"]["ratio_to_best"] <= 1.3 else "NOT met"
     print(f"default within 20% of the best when quiet: {verdict_quiet}; within 30% when busy: {verdict_busy}")
+    for condition in ("quiet", "busy"):
+        fastest = min((n for n, _, _ in settings if n != "default"), key=lambda n: summary[n][condition]["median_s"])
+        print(f"{condition}: the default chose {','.join(map(str, default[condition]['threads']))} thread(s); "
+              f"the fastest fixed setting was {fastest} (when both ran the same count, their gap is the machine's noise)")
     if args.json:
         args.json.write_text(json.dumps({"images": len(images), "repeats": args.repeats, "burners": args.burners,
                                          "load_average": load, "results": summary}, indent=2) + "\n")
