@@ -51,8 +51,6 @@ SUBSTITUTIONS: list[tuple[str, str, str]] = [
     ("max_tiles=12", "max_tiles=2", "fewer tiles keep the tiny model's CPU run in seconds"),
 ]
 
-# Documents whose blocks take minutes on a 2-core machine (training runs): marked slow.
-SLOW_DOCUMENTS = {"docs/fine-tuning.md"}
 
 
 @dataclass
@@ -218,10 +216,8 @@ def run_document(document: str, folder: Path, used: set[str]) -> tuple[int, list
 _USED_SUBSTITUTIONS: set[str] = set()
 
 
-@pytest.mark.parametrize(
-    "document",
-    [pytest.param(d, marks=[pytest.mark.slow] if d in SLOW_DOCUMENTS else []) for d in documents()],
-)
+@pytest.mark.slow  # real CLI runs: 20-60 s per document on a busy 2-core machine; CI runs them
+@pytest.mark.parametrize("document", documents())
 def test_document_runs_as_written(document: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ran, skipped = run_document(document, tmp_path, _USED_SUBSTITUTIONS)
     reasons = "; ".join(f"{n}x {r}" for r, n in sorted({r: skipped.count(r) for r in skipped}.items()))
