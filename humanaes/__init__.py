@@ -1,17 +1,22 @@
 """humanaes: HumanAesExpert human image aesthetic assessment as software.
 
     import humanaes
-    scorer = humanaes.load("path/to/HumanAesExpert-1B")
-    results = scorer.score(["a.jpg", "b.png"], mode="metavoter", batch_size=8)
+    scorer = humanaes.load()                     # the bundled humanaes-mini model
+    results = scorer.score(["a.jpg", "b.png"])
+
+Importing the package is cheap: only the error classes and the result schema load eagerly.
+Everything that needs torch (or transformers, for HumanAesExpert checkpoints) loads on first
+use, so `humanaes --help` stays instant and the bundled model never imports transformers.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-from humanaes.api import BaseScorer
-from humanaes.config import HumanAesConfig
-from humanaes.errors import (
+from humanaes.errors import (  # noqa: E402 - no heavy imports: errors and schema are plain Python
     CheckpointError,
     ConfigError,
     DataError,
@@ -19,25 +24,36 @@ from humanaes.errors import (
     ImageLoadError,
     ModelNotFoundError,
 )
-from humanaes.registry import create_model, get_preset, list_models, list_presets, load
-from humanaes.schema import DIMENSIONS, LEVELS, SCORE_MODES, ScoreResult, score_to_level
+from humanaes.schema import DIMENSIONS, LEVELS, SCORE_MODES, ScoreResult, score_to_level  # noqa: E402
+
+# Public name -> (module, attribute), imported on first access.
+_LAZY: dict[str, tuple[str, str]] = {
+    "load": ("humanaes.registry", "load"),
+    "create_model": ("humanaes.registry", "create_model"),
+    "list_models": ("humanaes.registry", "list_models"),
+    "list_presets": ("humanaes.registry", "list_presets"),
+    "get_preset": ("humanaes.registry", "get_preset"),
+    "save_checkpoint": ("humanaes.registry", "save_checkpoint"),
+    "save_humanaes": ("humanaes.checkpoint", "save_humanaes"),
+    "BaseScorer": ("humanaes.api", "BaseScorer"),
+    "HumanAesConfig": ("humanaes.config", "HumanAesConfig"),
+    "HumanAesScorer": ("humanaes.scoring", "HumanAesScorer"),
+    "HumanAesExpertModel": ("humanaes.modeling", "HumanAesExpertModel"),
+    "default_threads": ("humanaes.runtime", "default_threads"),
+}
 
 
-def __getattr__(name: str):
-    # Heavier pieces load on first use so `import humanaes` stays fast for the CLI.
-    if name == "HumanAesScorer":
-        from humanaes.scoring import HumanAesScorer
-
-        return HumanAesScorer
-    if name == "HumanAesExpertModel":
-        from humanaes.modeling import HumanAesExpertModel
-
-        return HumanAesExpertModel
-    if name in ("save_checkpoint", "save_humanaes"):
-        from humanaes.checkpoint import save_humanaes
-
-        return save_humanaes
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+        globals()[name] = value  # later lookups skip this hook
+        return value
     raise AttributeError(f"module 'humanaes' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
@@ -52,6 +68,7 @@ __all__ = [
     "HumanAesExpertModel",
     "HumanAesConfig",
     "save_checkpoint",
+    "default_threads",
     "DIMENSIONS",
     "LEVELS",
     "SCORE_MODES",

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from humanaes.errors import HumanAesError, ImageLoadError
+from humanaes.hints import hint
 from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
 from humanaes.preprocessing import ImageSource, load_image, source_name
 from humanaes.schema import SCORE_MODES, ScoreResult
@@ -34,15 +35,21 @@ class BaseScorer(abc.ABC):
     apply_exif: bool = True
     #: the options `score()` / `iter_score()` take (see humanaes.options); a family subclasses ScoreOptions
     options_class: ClassVar[type[ScoreOptions]] = ScoreOptions
+    #: the text tokenizer of language-model scorers; None for models without one (the bundled
+    #: CNN), so `save_checkpoint(scorer.model, ..., tokenizer=scorer.tokenizer)` fails with a
+    #: clear error about the model instead of an AttributeError
+    tokenizer: Any = None
 
     def check_mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode
         if mode not in SCORE_MODES:
             raise HumanAesError(f"unknown mode {mode!r}; choose one of: {', '.join(SCORE_MODES)}")
         if mode not in self.supported_modes:
+            use = hint(api="load a HumanAesExpert checkpoint with humanaes.load(folder or hub id)",
+                       cli="pass --model with a HumanAesExpert checkpoint")
             raise HumanAesError(
                 f"mode {mode!r} is not available with model {self.name!r} "
-                f"(it supports: {', '.join(self.supported_modes)}); pass --model with a HumanAesExpert checkpoint"
+                f"(it supports: {', '.join(self.supported_modes)}); {use}"
             )
         return mode
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from humanaes.data import Sample
 from humanaes.errors import DataError
+from humanaes.hints import hint
 from humanaes.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult, score_to_level
 
@@ -212,7 +213,7 @@ class EvalReport:
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise DataError(f"cannot create output folder {out} ({exc.strerror or exc}); pass another --out") from None
+            raise DataError(f"cannot create output folder {out} ({exc.strerror or exc}); {hint(api='pass another out_dir', cli='pass another --out')}") from None
         scored = [p for p in self.predictions if p["error"] is None]
         m = self.overall
         subtitle = f"n = {m['n']}   PLCC {_fmt(m['plcc'])}   SRCC {_fmt(m['srcc'])}   Acc {_fmt(m['accuracy'])}"
@@ -261,7 +262,7 @@ def evaluate(
 
     samples = list(samples)
     if not samples:
-        raise DataError("no samples to evaluate; check the data set path and --split")
+        raise DataError(f"no samples to evaluate; check the data set path and {hint(api='the split', cli='--split')}")
     model = getattr(scorer, "name", type(scorer).__name__)
     results = scorer.iter_score(
         [str(s.image) for s in samples], mode=mode, batch_size=batch_size, names=[s.image_name for s in samples]

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from humanaes.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ConfigError, DataError, ImageLoadError
 from humanaes.heads import ExpertHead, RegressionHead
+from humanaes.hints import import_optional
 from humanaes.modeling import HumanAesExpertModel
 from humanaes.preprocessing import load_image, preprocess_image
 from humanaes.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
@@ -75,6 +76,9 @@ class DataSettings:
     max_length: int = 4096
     # Fraction of the training rows kept out of stage 1 for fitting the MetaVoter (stage 2).
     metavoter_holdout: float = 0.0
+    # Fraction of the training rows kept out for validation when there is no val split
+    # (no `<train>/val_label.jsonl` and no data.val); 0 = no validation then.
+    val_holdout: float = 0.0
 
 
 @dataclass
@@ -252,7 +256,8 @@ class FinetuneModule(nn.Module):
             p.requires_grad_(False)
         targets = [t for t, on in ((LLM_TARGETS, lora.llm), (PROJECTOR_TARGETS, lora.projector), (VISION_TARGETS, lora.vision)) if on]
         if lora.r > 0 and targets:
-            from peft import LoraConfig, inject_adapter_in_model
+            peft = import_optional("peft", "LoRA fine-tuning (lora.r > 0)")
+            LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
             config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, bias="none",
                                 target_modules="^(" + "|".join(targets) + ")$")
@@ -367,12 +372,12 @@ def prepare_model(init: str, load_dtype: str = "float32", new_heads: bool = True
     return model, tokenizer
 
 
-def split_holdout(samples: list[Any], ratio: float, seed: int) -> tuple[list[Any], list[Any]]:
+def split_holdout(samples: list[Any], ratio: float, seed: int, what: str = "data.metavoter_holdout") -> tuple[list[Any], list[Any]]:
     """Keep `ratio` of the rows out of stage 1 for the MetaVoter (seeded, per source)."""
     if ratio <= 0:
         return samples, []
     if not 0 < ratio < 1:
-        raise ConfigError(f"data.metavoter_holdout must be in [0, 1), got {ratio}")
+        raise ConfigError(f"{what} must be in [0, 1), got {ratio}")
     rng = random.Random(seed)
     by_source: dict[str, list[Any]] = {}
     for s in samples:
@@ -432,8 +437,12 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
         except DataError:
             if config.data.val:
                 raise
-        if config.data.val_limit:
-            val_rows = val_rows[: config.data.val_limit]
+    if not val_rows and config.data.val_holdout:
+        # No val split: keep a seeded share of the training rows out instead (after the
+        # MetaVoter's share, so both stay disjoint from what stage 1 trains on).
+        train_rows, val_rows = split_holdout(train_rows, config.data.val_holdout, tconfig.seed + 1, "data.val_holdout")
+    if config.data.val_limit:
+        val_rows = val_rows[: config.data.val_limit]
 
     model, tokenizer = prepare_model(config.init, config.load_dtype, seed=tconfig.seed)
     prompts = PromptTokenizer(tokenizer, get_template(model.config.template), model.config.system_message,
@@ -445,7 +454,12 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
     module.img_context_id = prompts.img_context_id
     eval_fn = make_eval_fn(module, tokenizer, val_rows, tconfig.batch_size, config.data.max_tiles) if val_rows else None
     if eval_fn is None and tconfig.metric_for_best:
-        raise ConfigError("trainer.metric_for_best is set but there is no validation data (data.val)")
+        where = f"no {config.data.val_split}_label.jsonl in {config.data.train}" if Path(config.data.train).is_dir() else "no data.val"
+        raise ConfigError(
+            f"trainer.metric_for_best is set but there is no validation data ({where}); set data.val_holdout=0.05 "
+            "to keep 5% of the training rows for validation, point data.val at a label file, "
+            "or set trainer.metric_for_best=null"
+        )
     trainer = Trainer(module, tconfig, dataset, collate_fn=make_collate(prompts.pad_id), eval_fn=eval_fn)
     if getattr(trainer, "is_main_process", True):
         out_dir.mkdir(parents=True, exist_ok=True)

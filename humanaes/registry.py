@@ -15,13 +15,15 @@ import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from humanaes.config import HumanAesConfig
-from humanaes.errors import ModelNotFoundError
-from humanaes.runtime import resolve_device, resolve_dtype
+from humanaes.errors import CheckpointError, ModelNotFoundError
+from humanaes.hints import hint
+from humanaes.modelinfo import bundled_metadata
+
+if TYPE_CHECKING:  # torch loads on first use: `humanaes models` and `--help` stay instant
+    import torch
 
 BUNDLED_DEFAULT = "humanaes-mini"
 BUNDLED_NAMES = (BUNDLED_DEFAULT,)
@@ -61,6 +63,8 @@ def create_model(
 ) -> Any:
     """A randomly initialised HumanAesExpertModel of a preset's architecture (seeded), e.g. for
     training from scratch, tests and benchmarks. For trained weights use `load`."""
+    import torch
+
     from humanaes.modeling import HumanAesExpertModel
 
     if isinstance(name_or_config, HumanAesConfig):
@@ -77,8 +81,18 @@ def create_model(
 
 
 def list_models() -> list[dict[str, Any]]:
-    """Presets and bundled models, with what their scores mean."""
-    rows = [_bundled_row()]
+    """Presets and bundled models: what their scores mean and their weights' licence."""
+    from humanaes.modelinfo import model_facts
+
+    bundled = model_facts(BUNDLED_DEFAULT)
+    meta = bundled_metadata()
+    rows = [{
+        "name": BUNDLED_DEFAULT,
+        "kind": "bundled (default, ships in the package)",
+        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
+        "score_meaning": bundled.score_meaning,
+        "licence": bundled.licence,
+    }]
     for name in list_presets():
         preset = get_preset(name)
         rows.append(
@@ -87,23 +101,10 @@ def list_models() -> list[dict[str, Any]]:
                 "kind": "preset (random weights)" if preset.get("random_init") else f"preset (weights: {preset.get('hub_id')})",
                 "description": preset.get("description", ""),
                 "score_meaning": preset.get("score_meaning", ""),
+                "licence": model_facts(name).licence,
             }
         )
     return rows
-
-
-def _bundled_row() -> dict[str, Any]:
-    meta_file = Path(str(resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json")))
-    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-    metrics = meta.get("val_metrics") or {}
-    measured = ", ".join(f"{k.upper()} {metrics[k]:.3f}" for k in ("plcc", "srcc") if isinstance(metrics.get(k), (int, float)))
-    return {
-        "name": BUNDLED_DEFAULT,
-        "kind": "bundled (default, ships in the package)",
-        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
-        "score_meaning": "facial attractiveness ratings of MEBeauty raters in [0, 1] (a proxy, NOT HumanAesExpert)"
-        + (f"; MEBeauty val {measured}" if measured else ""),
-    }
 
 
 def load(
@@ -114,11 +115,21 @@ def load(
     attn_implementation: str | None = "auto",
     apply_exif: bool = True,
     image_block_suffix: str | None = None,
+    threads: int | str | None = "auto",
 ) -> Any:
-    """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer."""
+    """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer.
+
+    `threads` sets PyTorch's CPU threads when the model runs on the CPU: "auto" (the default)
+    picks `humanaes.runtime.default_threads()` from how busy the machine is while the model
+    loads, an int forces that many, None leaves PyTorch's setting alone.
+    """
+    from humanaes.runtime import CpuLoadProbe, apply_threads, resolve_device
+
+    probe = CpuLoadProbe()  # measured over the load: no extra wait
     dev = resolve_device(device)
     path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
     if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
+        # The bundled model needs neither transformers nor PEFT: keep them unimported (seconds).
         from humanaes.bundled import load_bundled
 
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
@@ -133,7 +144,36 @@ def load(
         name = model.config.name if str(name_or_path) in _preset_files() else path.name
         scorer = HumanAesScorer(model, tokenizer, name=name)
     scorer.apply_exif = apply_exif  # the default of the apply_exif option; a call may still pass its own
+    if dev.type == "cpu":
+        apply_threads(threads, probe)
     return scorer
+
+
+def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: Any = None) -> Path:
+    """Save a HumanAesExpert model (or the model and tokenizer of a scorer from `load`) in
+    humanaes format, atomically; `load(folder)` reads it back. The bundled humanaes-mini model
+    ships inside the package and is not saved this way (a clear error says so)."""
+    from humanaes.modeling import HumanAesExpertModel
+
+    model = model_or_scorer
+    if not isinstance(model, HumanAesExpertModel) and hasattr(model_or_scorer, "model"):
+        model = model_or_scorer.model
+        if tokenizer is None:
+            tokenizer = getattr(model_or_scorer, "tokenizer", None)
+    if not isinstance(model, HumanAesExpertModel):
+        what = getattr(model_or_scorer, "name", None) or type(model_or_scorer).__name__
+        if str(what) in BUNDLED_NAMES or type(model).__module__.startswith("humanaes.bundled"):
+            what = BUNDLED_DEFAULT
+            raise CheckpointError(
+                f"save_checkpoint saves HumanAesExpert models; {what} is the bundled model, which ships inside the "
+                "package (load it with humanaes.load()) and has its own format (humanaes.bundled.save_bundled)"
+            )
+        raise CheckpointError(
+            f"save_checkpoint saves HumanAesExpert models (or scorers from humanaes.load of one), not {what}"
+        )
+    from humanaes.checkpoint import save_humanaes
+
+    return save_humanaes(model, folder, tokenizer=tokenizer)
 
 
 def load_model(
@@ -146,6 +186,7 @@ def load_model(
     """A HumanAesExpertModel and its tokenizer from a preset, folder or hub id (no scorer)."""
     from humanaes.checkpoint import detect_format, load_humanaes, load_original
     from humanaes.modeling import choose_attn_implementation
+    from humanaes.runtime import resolve_device, resolve_dtype
     from humanaes.tokenization import load_tokenizer
 
     dev = resolve_device(device)
@@ -179,7 +220,7 @@ def load_model(
     return _place(model, dev, torch_dtype), load_tokenizer(model.config.tokenizer)
 
 
-def _place(model: Any, device: torch.device, dtype: torch.dtype) -> Any:
+def _place(model: Any, device: "torch.device", dtype: "torch.dtype") -> Any:
     model.to_inference_dtype(dtype)
     return model.to(device)
 
@@ -195,18 +236,32 @@ def resolve_hub(repo_id: str) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the cache; try the network below
         pass
+    use_folder = _use_folder_hint(repo_id)
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise ModelNotFoundError(
             f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; on a machine with "
-            f"internet run `huggingface-cli download {repo_id}` (or pass --model /path/to/the/downloaded/folder)"
+            f"internet run `hf download {repo_id} --local-dir {_folder_name(repo_id)}` and {use_folder}"
         )
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as exc:  # noqa: BLE001
         raise ModelNotFoundError(
             f"could not download {repo_id!r} ({type(exc).__name__}); on a machine with internet run "
-            f"`huggingface-cli download {repo_id}` and pass --model with the downloaded folder"
+            f"`hf download {repo_id} --local-dir {_folder_name(repo_id)}` and {use_folder}"
         ) from None
+
+
+def _folder_name(repo_id: str) -> str:
+    return repo_id.rsplit("/", 1)[-1]
+
+
+def _use_folder_hint(repo_id: str) -> str:
+    folder = _folder_name(repo_id)
+    return hint(
+        api=f'pass that folder: humanaes.load("{folder}")',
+        cli=f"pass that folder: --model {folder}",
+        config=f"set the config's init to that folder: init={folder}",
+    )
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -223,4 +278,7 @@ def _is_bundled_folder(path: Path) -> bool:
     return path.is_dir() and (path / f"{BUNDLED_DEFAULT}.json").is_file() and (path / f"{BUNDLED_DEFAULT}.safetensors").is_file()
 
 
-__all__ = ["BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "load_model", "preset_config"]
+__all__ = [
+    "BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "load_model",
+    "preset_config", "save_checkpoint",
+]

@@ -6,6 +6,12 @@ histogram of the overall scores, and a table sortable by any column with a thumb
 scores, the twelve dimensions with a radar chart per image (as in the HumanAesExpert paper's
 figures) and the error of rows that failed. All text from the data (file names, annotations,
 errors) is HTML-escaped.
+
+The title and header name the model that produced the rows (their `model` column), what its
+score means and whose licence its weights carry (humanaes.modelinfo), so a report of the bundled
+proxy is never mistaken for HumanAesExpert's. Rows whose `person_found` is false are flagged:
+their score says nothing about a person. Score columns that repeat `overall` for every row (the
+regression score in fast mode, say) are not shown twice.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import html
 import io
 import math
 import os
+import re
 import statistics
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -24,7 +31,9 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from humanaes.fsutil import atomic_write
 from humanaes.io import DIMENSION_COLUMNS, SCORE_COLUMNS
+from humanaes.modelinfo import model_facts
 from humanaes.preprocessing import to_rgb
 from humanaes.schema import DIMENSIONS, LEVEL_CUT_POINTS, LEVELS, score_to_level
 
@@ -37,6 +46,33 @@ LEVEL_COLOURS: dict[str, str] = {
     "good": "#7fbf4d",
     "excellent": "#1a9850",
 }
+# WCAG 2.x: normal-size text needs a contrast ratio of at least 4.5 (level AA).
+WCAG_AA_TEXT = 4.5
+
+
+def relative_luminance(colour: str) -> float:
+    """WCAG relative luminance of a #rrggbb colour."""
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG contrast ratio of two #rrggbb colours (1 to 21)."""
+    high, low = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def chip_text_colour(background: str) -> str:
+    """Black or white, whichever reads better on `background`."""
+    return max(("#000000", "#ffffff"), key=lambda text: contrast_ratio(text, background))
+
+
+def chip_style(level: str) -> str:
+    background = LEVEL_COLOURS[level]
+    return f"background:{background};color:{chip_text_colour(background)}"
+
+
 # Short labels of the twelve dimensions for headers and radar axes (full names in tooltips).
 DIMENSION_LABELS: tuple[str, ...] = (
     "Brightness",
@@ -220,6 +256,39 @@ def latest_rows(rows: Iterable[Row]) -> list[Row]:
     return list(by_image.values())
 
 
+def person_flag(row: Row) -> bool | None:
+    """A row's `person_found` as True/False, or None when unknown (no detector, or a row
+    written before the field existed). CSV and Parquet outputs carry it as text."""
+    value = row.get("person_found")
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower() if value is not None else ""
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    return None
+
+
+def repeated_columns(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
+    """The score columns equal to `overall` in every row that has either (e.g. the regression
+    score in fast mode, the MetaVoter score in metavoter mode): showing them adds nothing."""
+    repeated = []
+    for column in columns:
+        pairs = [(_num(r.get("overall")), _num(r.get(column))) for r in rows]
+        pairs = [(a, b) for a, b in pairs if a is not None or b is not None]
+        if pairs and all(a is not None and b is not None and abs(a - b) <= 1e-9 for a, b in pairs):
+            repeated.append(column)
+    return repeated
+
+
+def wrap_points(name: str) -> str:
+    """`name` escaped, with a line-break opportunity after each / _ - . so long file names wrap
+    between their parts rather than mid-word."""
+    pieces = re.split(r"(?<=[/_.\-])", name.replace(os.sep, "/"))
+    return "<wbr>".join(esc(piece) for piece in pieces if piece)
+
+
 def _display_names(images: Sequence[str]) -> list[str]:
     """Paths relative to the images' common folder: short, yet unique."""
     if not images:
@@ -253,14 +322,24 @@ def _dim_cell(value: Any, name: str) -> str:
     )
 
 
+def default_title(models: Sequence[str]) -> str:
+    """"Scores by <model>": the report never claims a model that did not produce its rows."""
+    if not models:
+        return "humanaes scores"
+    if len(models) == 1:
+        return f"Scores by {model_facts(models[0]).title}"
+    return f"Scores by {len(models)} models: {', '.join(models)}"
+
+
 def build_report(
     rows: Sequence[Row],
     *,
     thumbnails: Mapping[str, str | None] | None = None,
-    title: str = "HumanAesExpert report",
+    title: str | None = None,
     generated: datetime | None = None,
 ) -> str:
-    """The report page for flat result rows (humanaes.io.COLUMNS) as one HTML string."""
+    """The report page for flat result rows (humanaes.io.COLUMNS) as one HTML string. The title
+    defaults to the model(s) named by the rows."""
     from humanaes import __version__
 
     rows = latest_rows(rows)
@@ -270,10 +349,14 @@ def build_report(
     names = _display_names(images)
     overall = [v for v in (_num(r.get("overall")) for r in rows) if v is not None]
     failed = sum(1 for r in rows if r.get("error"))
-    extra_scores = [c for c in SCORE_COLUMNS[1:] if any(_num(r.get(c)) is not None for r in rows)]
+    present = [c for c in SCORE_COLUMNS[1:] if any(_num(r.get(c)) is not None for r in rows)]
+    repeated = repeated_columns(rows, present)
+    extra_scores = [c for c in present if c not in repeated]
     has_dims = any(any(_num(r.get(c)) is not None for c in DIMENSION_COLUMNS) for r in rows)
     models = sorted({str(r["model"]) for r in rows if r.get("model")})
     modes = sorted({str(r["mode"]) for r in rows if r.get("mode")})
+    no_person = [name for r, name in zip(rows, names) if person_flag(r) is False and not r.get("error")]
+    title = title if title is not None else default_title(models)
     level_counts = {lv: 0 for lv in LEVELS}
     for v in overall:
         level_counts[score_to_level(min(max(v, 0.0), 1.0))] += 1
@@ -295,6 +378,18 @@ def build_report(
     if modes:
         w(f" &middot; mode {esc(', '.join(modes))}")
     w(f" &middot; humanaes {esc(__version__)} &middot; {esc(generated.strftime('%Y-%m-%d %H:%M UTC'))}</p>\n")
+    for model in models:
+        facts = model_facts(model)
+        w(f'<div class="model{" proxy" if facts.not_humanaesexpert else ""}"><b>{esc(facts.title)}</b><br>')
+        w(f"What the score means: {esc(facts.score_meaning)}.<br>Weights' licence: {esc(facts.licence)}.</div>\n")
+    if no_person:
+        shown = ", ".join(no_person[:5]) + (f" and {len(no_person) - 5} more" if len(no_person) > 5 else "")
+        count = len(no_person)
+        w(f'<p class="noperson-note">{count} image{"s" if count != 1 else ""} had no detectable person: '
+          f"{'their scores are' if count != 1 else 'its score is'} not meaningful ({esc(shown)}). "
+          f"{'They are' if count != 1 else 'It is'} marked <span class=\"flag\">no person found</span> below.</p>\n")
+    for column in repeated:
+        w(f'<p class="meta">{esc(SCORE_TITLES[column])} equals overall for every image: its column is not repeated.</p>\n')
     if overall:
         w('<p class="stats">')
         w(
@@ -303,7 +398,7 @@ def build_report(
         )
         w("</p>\n<p class=\"levels\">")
         for level in LEVELS:
-            w(f'<span class="chip" style="background:{LEVEL_COLOURS[level]}">{esc(level)} {level_counts[level]}</span>')
+            w(f'<span class="chip" style="{chip_style(level)}">{esc(level)} {level_counts[level]}</span>')
         w("</p>\n")
     w("</header>\n")
 
@@ -328,16 +423,17 @@ def build_report(
     w("</tr></thead>\n<tbody>\n")
     for index, (row, image, name) in enumerate(zip(rows, images, names), start=1):
         error = row.get("error")
-        w(f'<tr class="{"err" if error else "ok"}">')
+        flagged = person_flag(row) is False and not error
+        w(f'<tr class="{"err" if error else "ok"}{" noperson" if flagged else ""}">')
         w(f'<td class="num" data-v="{index}">{index}</td>')
         thumb = thumbnails.get(image)
         if thumb and thumb.startswith("data:image/"):
             w(f'<td class="thumb"><img src="{esc(thumb)}" alt="{esc(name)}"></td>')
         else:
             w('<td class="thumb"><div class="nothumb">no preview</div></td>')
-        # <wbr> after each separator: long paths wrap at folder boundaries, not mid-word.
-        shown = "/<wbr>".join(esc(part) for part in name.replace(os.sep, "/").split("/"))
-        w(f'<td class="name" data-v="{esc(name)}"><span title="{esc(image)}">{shown}</span>')
+        w(f'<td class="name" data-v="{esc(name)}"><span title="{esc(image)}">{wrap_points(name)}</span>')
+        if flagged:
+            w('<div class="flag" title="the model found no person: this score is not meaningful">no person found</div>')
         if error:
             w(f'<div class="errmsg">error: {esc(error)}</div>')
         if row.get("annotation"):
@@ -348,7 +444,7 @@ def build_report(
         if level in LEVEL_COLOURS:
             w(
                 f'<td data-v="{LEVELS.index(level)}"><span class="chip" '
-                f'style="background:{LEVEL_COLOURS[level]}">{esc(level)}</span></td>'
+                f'style="{chip_style(level)}">{esc(level)}</span></td>'
             )
         else:
             w(f'<td data-v="">{esc(level or "")}</td>')
@@ -373,7 +469,7 @@ def write_report(
     path: str | os.PathLike[str],
     *,
     apply_exif: bool = True,
-    title: str = "HumanAesExpert report",
+    title: str | None = None,
     on_thumbnail: Callable[[], None] | None = None,
 ) -> Path:
     """Make thumbnails for `rows` and write the report atomically to `path`."""
@@ -386,10 +482,7 @@ def write_report(
         if on_thumbnail is not None:
             on_thumbnail()
     text = build_report(rows, thumbnails=thumbnails, title=title)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, text)
 
 
 _CSS = """
@@ -398,10 +491,15 @@ _CSS = """
 body{margin:0;padding:14px 16px;font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:var(--fg);background:var(--bg)}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:18px 0 6px}
 .meta,.hint{color:var(--muted);margin:2px 0}.stats{margin:6px 0}
-.chip{display:inline-block;padding:1px 8px;border-radius:9px;color:#fff;font-size:12px;margin-right:4px;text-shadow:0 0 2px #0006}
+.chip{display:inline-block;padding:1px 8px;border-radius:9px;font-size:12px;margin-right:4px}
+.model{margin:6px 0;padding:6px 10px;border-left:4px solid #5b6475;background:#fff;max-width:70em}
+.model.proxy{border-left-color:#b35900;background:#fff7ec}
+.noperson-note{margin:6px 0;padding:6px 10px;border-left:4px solid #a61b1b;background:#fdecea;max-width:70em}
+.flag{display:inline-block;margin:3px 0 0 6px;padding:0 6px;border-radius:4px;background:#5b6475;color:#fff;font-size:12px}
+tr.noperson td{background:#f1f2f5}
 section{background:#fff;border:1px solid var(--line);border-radius:8px;padding:8px 10px;margin-top:12px}
 .wrap{overflow-x:auto}
-table{border-collapse:collapse}
+table{border-collapse:collapse;width:100%}
 th,td{border-bottom:1px solid var(--line);padding:4px 5px;vertical-align:middle;text-align:left}
 thead th{position:sticky;top:0;background:#eef1f5;cursor:pointer;user-select:none;white-space:nowrap;font-weight:600}
 thead th.nosort{cursor:default}
@@ -413,7 +511,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.dim{font-size:11.5px;padding:4px 2px}
 td.thumb img{display:block;max-width:160px;max-height:160px;border-radius:4px}
 .nothumb{width:110px;height:80px;display:flex;align-items:center;justify-content:center;color:var(--muted);background:#eceef2;border-radius:4px;font-size:12px}
-td.name{min-width:120px;max-width:220px;overflow-wrap:anywhere}
+td.name{min-width:10em;overflow-wrap:break-word;word-break:normal}
 td.name pre{white-space:pre-wrap;font-size:12px;margin:4px 0;word-break:normal}
 .sc{border-left:4px solid;padding-left:5px}
 tr.err{background:#fdecea}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,15 @@ from PIL import Image
 from humanaes.io import COLUMNS, DIMENSION_COLUMNS, PROB_COLUMNS
 from humanaes.report import (
     DIMENSION_LABELS,
+    LEVEL_COLOURS,
+    WCAG_AA_TEXT,
     build_report,
+    contrast_ratio,
     histogram_svg,
     latest_rows,
     radar_svg,
     thumbnail_data_uri,
+    wrap_points,
     write_report,
 )
 from humanaes.schema import score_to_level
@@ -59,8 +65,9 @@ def _row(image: str, overall: float | None, *, dims: bool = True, error: str | N
     row: dict[str, Any] = dict.fromkeys(COLUMNS)
     row.update(image=image, model="pixel-test", mode="all", error=error)
     if overall is not None:
-        row.update(overall=overall, level=score_to_level(overall), lm_score=overall, regression_score=overall,
-                   metavoter_score=overall)
+        # As in "all" mode: overall is the MetaVoter's score, the heads differ from it.
+        row.update(overall=overall, level=score_to_level(overall), lm_score=round(overall - 0.02, 6),
+                   regression_score=round(overall + 0.01, 6), metavoter_score=overall)
         row.update(zip(PROB_COLUMNS, (0.1, 0.2, 0.4, 0.2, 0.1)))
         if dims:
             row.update(zip(DIMENSION_COLUMNS, [min(1.0, overall + 0.01 * i) for i in range(12)]))
@@ -182,14 +189,108 @@ def test_write_report_with_examples(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_browser_render(tmp_path: Path) -> None:
-    """Render a demo report in headless Chromium and check the screenshot (skipped without it)."""
+    """Render the demo, a 30-image and a no-person report in headless Chromium: screenshots not
+    blank, sorting works, the 30-image table spans >= 90% of a 1400-px window, the no-person flag
+    and note are visible (skipped without Chromium)."""
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
         pytest.skip("chromium is not installed (scripts/check_report_browser.sh installs it)")
     shot = tmp_path / "shot.png"
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "check_report_browser.sh"), "", str(shot)],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "ok: the report renders" in proc.stdout and shot.exists()
+    assert "ok: the report renders" in proc.stdout
+    assert all(p.exists() for p in (shot, tmp_path / "shot-30.png", tmp_path / "shot-noperson.png"))
+    assert "1 no-person flags, note shown: True" in proc.stdout
+
+
+# -- the model, its meaning and licence; no-person flags; layout (issue 11) -----------------------
+
+
+def _fast_row(image: str, overall: float, model: str = "humanaes-mini", **extra: Any) -> dict:
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(image=image, model=model, mode="fast", overall=overall, level=score_to_level(overall),
+               regression_score=overall, error=None)
+    row.update(extra)
+    return row
+
+
+def test_title_and_header_name_the_bundled_proxy() -> None:
+    html = build_report([_fast_row("/p/a.jpg", 0.6)])
+    page = Page(html)
+    title = "Scores by humanaes-mini, the bundled proxy model (not HumanAesExpert)"
+    assert page.text.count(title) == 2  # <title> and <h1>
+    assert "HumanAesExpert report" not in html
+    text = " ".join(page.text)
+    assert "facial attractiveness ratings of MEBeauty raters" in text  # what the score means
+    assert "non-commercial research use only" in text  # the weights' licence
+    assert page.all("div", **{"class": "model proxy"})
+
+
+def test_title_names_humanaesexpert_and_its_release_licence() -> None:
+    page = Page(build_report([_fast_row("/p/a.jpg", 0.6, model="HumanAesExpert-1B")]))
+    text = " ".join(page.text)
+    assert "Scores by HumanAesExpert-1B (HumanAesExpert)" in text
+    assert "human image aesthetics in [0, 1], trained on HumanBeauty" in text
+    assert "set by the HumanAesExpert release" in text and "non-commercial" not in text
+    assert not page.all("div", **{"class": "model proxy"})
+
+
+def test_rows_without_a_person_are_flagged() -> None:
+    rows = [
+        _fast_row("/p/face.jpg", 0.7, person_found=True),
+        _fast_row("/p/gradient.png", 0.61, person_found=False),
+        _fast_row("/p/tiny.png", 0.45, person_found="false"),  # CSV/Parquet carry text
+        _fast_row("/p/old.jpg", 0.5),  # written before the field existed: unknown, not flagged
+        _fast_row("/p/none.jpg", 0.5, person_found=None),  # a model without a detector
+    ]
+    rows[3].pop("person_found", None)
+    page = Page(build_report(rows))
+    flagged = page.all("tr", **{"class": "ok noperson"})
+    assert len(flagged) == 2
+    text = " ".join(page.text)
+    assert "2 images had no detectable person: their scores are not meaningful (gradient.png, tiny.png)" in text
+    assert text.count("no person found") == 3  # the note's legend + one flag per flagged row
+
+
+def test_level_chips_meet_wcag_aa_contrast() -> None:
+    rows = [_fast_row(f"/p/{i}.jpg", v) for i, v in enumerate((0.1, 0.3, 0.5, 0.7, 0.9))]
+    page = Page(build_report(rows))
+    chips = page.all("span", **{"class": "chip"})
+    assert len(chips) == 10  # five in the header, one per row
+    for chip in chips:
+        style = dict(part.split(":") for part in (chip["style"] or "").split(";"))
+        assert contrast_ratio(style["background"], style["color"]) >= WCAG_AA_TEXT, style
+    assert {LEVEL_COLOURS[lv] for lv in LEVEL_COLOURS} == {dict(p.split(":") for p in (c["style"] or "").split(";"))["background"]
+                                                           for c in chips}
+    assert round(contrast_ratio("#ffffff", "#000000"), 2) == 21.0 and round(contrast_ratio("#e6c229", "#ffffff"), 2) == 1.73
+
+
+def test_columns_that_repeat_overall_are_hidden() -> None:
+    fast = [_fast_row("/p/a.jpg", 0.6), _fast_row("/p/b.jpg", 0.3)]
+    page = Page(build_report(fast))
+    assert "regression equals overall for every image: its column is not repeated." in " ".join(page.text)
+    assert sum(1 for t, _ in page.tags if t == "th") == 5  # #, preview, image, overall, level
+    differs = fast + [dict(_fast_row("/p/c.jpg", 0.5), regression_score=0.52)]
+    assert len([t for t, _ in Page(build_report(differs)).tags if t == "th"]) == 6
+
+
+def test_names_wrap_between_parts_and_the_table_uses_the_width() -> None:
+    assert wrap_points("set/very_long-name.v2.jpg") == "set/<wbr>very_<wbr>long-<wbr>name.<wbr>v2.<wbr>jpg"
+    assert wrap_points("<b>_x") == "&lt;b&gt;_<wbr>x"
+    html = build_report([_fast_row("/p/a_b.jpg", 0.6)])
+    assert "anywhere" not in html  # overflow-wrap:anywhere breaks names mid-word
+    assert re.search(r"table\{[^}]*width:100%", html)
+
+
+def test_report_temp_file_never_follows_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "report.html.tmp").symlink_to(victim)  # the old fixed temp name
+    write_report([_fast_row(str(EXAMPLES / "astronaut.png"), 0.6)], tmp_path / "report.html")
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -180,7 +180,7 @@ def test_user_errors(tmp_path, monkeypatch):
         humanaes.load("no-such-model-anywhere", device="cpu")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    with pytest.raises(ModelNotFoundError, match="huggingface-cli download someone/NotCached"):
+    with pytest.raises(ModelNotFoundError, match="hf download someone/NotCached"):
         humanaes.load("someone/NotCached", device="cpu")
     with pytest.raises(HumanAesError, match="float16 is not supported well on CPU"):
         humanaes.load("humanaes-tiny", device="cpu", dtype="float16")

@@ -11,6 +11,7 @@ import click
 
 from humanaes import __version__
 from humanaes.errors import HumanAesError
+from humanaes.hints import hint_style, missing_extra_message
 
 
 class _Group(click.Group):
@@ -18,9 +19,19 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with hint_style("cli"):  # fix-it hints name flags, not Python arguments
+                return super().invoke(ctx)
         except HumanAesError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except ModuleNotFoundError as exc:
+            # An optional extra that is not installed is a set-up problem, not a bug: say which
+            # `pip install 'humanaes[...]'` fixes it. Any other missing module keeps its traceback.
+            command = ctx.invoked_subcommand or ctx.info_name or "humanaes"
+            message = missing_extra_message(exc.name, f"`humanaes {command}`")
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
             ctx.exit(2)
 
 

@@ -34,10 +34,39 @@ def _warn(message: str) -> None:
 
 
 def _load_scorer(model: str | None, device: str, dtype: str) -> Any:
+    """Load the model, saying so on stderr (it can take a while), and set the CPU threads:
+    --threads N, or runtime.default_threads() measured over the load (which load() also applies;
+    setting it here keeps --threads authoritative). The `score` command stores both settings in
+    the click context so that the callers' signatures stay unchanged."""
     # Imported lazily: loading torch/transformers must not slow down `--help` or input errors.
     import humanaes
+    from humanaes.runtime import CpuLoadProbe, apply_threads
 
-    return humanaes.load(model, device=device, dtype=dtype)
+    meta = click.get_current_context().meta
+    quiet = bool(meta.get("humanaes.quiet"))
+    threads = meta.get("humanaes.threads")
+    name = model or "humanaes-mini (the bundled default)"
+    # On a terminal the "loading" line shows while the load runs and is then completed (or wiped,
+    # when loading fails, so that the error is the only line). Logs and pipes get no status lines:
+    # the run's summary says what happened.
+    live = not quiet and sys.stderr.isatty()
+    if live:
+        click.echo(f"loading model {name} ...", err=True, nl=False)
+    start = time.monotonic()
+    probe = CpuLoadProbe()
+    try:
+        scorer = humanaes.load(model, device=device, dtype=dtype)
+    finally:
+        if live:
+            click.echo("\r\x1b[K", err=True, nl=False)
+    device_used = getattr(scorer, "device", None) or getattr(getattr(scorer, "model", None), "device", "cpu")
+    on_cpu = str(device_used).startswith("cpu")
+    chosen = apply_threads(threads if threads is not None else "auto", probe) if on_cpu else None
+    if live:
+        how = "" if chosen is None else f", {chosen} CPU thread{'s' if chosen != 1 else ''}"
+        how += " (--threads)" if threads is not None and chosen is not None else ""
+        click.echo(f"loaded model {name} in {time.monotonic() - start:.1f} s{how}", err=True)
+    return scorer
 
 
 @contextmanager
@@ -97,7 +126,8 @@ NAMED_FAILURES = 3
               help="When resuming, score again the images whose rows have an error (their rows are replaced).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="CPU threads for PyTorch (default: PyTorch's). Use 1 on a busy shared machine.")
+              help="CPU threads for PyTorch. Default: the usable CPUs minus those other processes keep busy "
+                   "while the model loads (a quiet 2-core machine gets 2, a busy one 1); N forces N.")
 @click.pass_context
 def score_command(
     ctx: click.Context,
@@ -135,10 +165,9 @@ def score_command(
     # after a minute of model loading.
     if batch_size < 1:
         raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+    # Applied when the model loads (_load_scorer): torch stays unimported until then.
+    ctx.meta["humanaes.threads"] = threads
+    ctx.meta["humanaes.quiet"] = quiet
     if max_tiles is not None and max_tiles < 1:
         raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
     if batch_size > MAX_BATCH_SIZE:
@@ -364,7 +393,7 @@ def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, qu
 def models_command(as_json: bool) -> None:
     """List model presets and bundled models, and what their scores mean."""
     import humanaes
-    from humanaes.io import format_text_table
+    from humanaes.cli.wrap import format_wrapped_table
 
     entries = list(humanaes.list_models())
     if as_json:
@@ -373,9 +402,9 @@ def models_command(as_json: bool) -> None:
     if not entries:
         click.echo("no models available", err=True)
         return
-    headers = ["name", "kind", "score meaning", "description"]
+    headers = ["name", "kind", "score meaning", "licence", "description"]
     rows = [[str(e.get(k.replace(" ", "_"), "") or "") for k in headers] for e in entries]
-    click.echo(format_text_table(headers, rows), nl=False)
+    click.echo(format_wrapped_table(headers, rows), nl=False)  # fits the terminal's width
 
 
 COMMANDS = [score_command, models_command]

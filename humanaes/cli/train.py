@@ -19,9 +19,13 @@ def train_cmd(config_file: Path, overrides: tuple[str, ...], resume: str | None)
     The merged model is written to <trainer.output_dir>/final in humanaes format.
     """
     from humanaes.finetune import FinetuneConfig, run_training
+    from humanaes.hints import hint_style, import_optional
 
-    config = FinetuneConfig.from_file(config_file, list(overrides))
-    summary = run_training(config, resume=resume)
+    with hint_style("config"):  # `train` has no --model/--device: hints name the config keys
+        config = FinetuneConfig.from_file(config_file, list(overrides))
+        if config.lora.r > 0:  # fail in a second, not after the model has loaded
+            import_optional("peft", "`humanaes train` with LoRA (lora.r > 0)")
+        summary = run_training(config, resume=resume)
     click.echo(json.dumps(summary, indent=2, default=str))
 
 
