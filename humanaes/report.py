@@ -121,7 +121,17 @@ def _level_of(value: float | None) -> str | None:
 
 
 def thumbnail_data_uri(path: str | os.PathLike[str], *, size: int = THUMBNAIL_SIZE, apply_exif: bool = True) -> str | None:
-    """A `data:image/jpeg;base64,...` thumbnail fitting size x size, or None if unreadable."""
+    """A `data:image/jpeg;base64,...` thumbnail fitting size x size, or None if unreadable.
+
+    `path` may be an output row's `image` key (non-UTF-8 names are encoded there); anything but a
+    regular file (a FIFO, a device, a loop) gets no thumbnail and is never opened, since opening
+    a FIFO would block the report for good.
+    """
+    from humanaes.io import classify_file, key_to_path
+
+    path = key_to_path(path) if isinstance(path, str) else os.fspath(path)
+    if classify_file(path) is not None:
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb warnings: a thumbnail of a big image is fine

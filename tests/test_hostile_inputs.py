@@ -560,3 +560,28 @@ def test_csv_written_by_this_version_reads_back_its_own_quoting(tmp_path: Path) 
     again.close()
     with open(out, newline="") as fh:
         assert len(list(csv.reader(fh))) == 2
+
+
+def test_report_with_a_fifo_among_the_rows_does_not_block(tmp_path: Path, photos: Path,
+                                                           specials: dict[str, Path]) -> None:
+    # Bug caught: the report's thumbnailer opens every row's path, and opening a FIFO blocks forever.
+    from humanaes.report import thumbnail_data_uri, write_report
+
+    good = sorted(p for p in photos.iterdir() if p.is_file() and not p.is_fifo() and not p.is_socket())
+    rows = [{"image": str(p), "overall": 0.5, "level": "fair"} for p in good]
+    rows.append({"image": str(specials["fifo"]), "error": "not a regular file (a FIFO); not opened"})
+    with deadline(30):
+        write_report(rows, tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    readable = sum(thumbnail_data_uri(str(p)) is not None for p in good)  # make_photos has a broken one
+    assert readable >= 4 and page.count("data:image/jpeg;base64,") == readable
+
+
+def test_report_thumbnails_images_with_undecodable_names(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    # Bug caught: the report opens the row's encoded `bytes:` key as if it were a path.
+    from humanaes.report import thumbnail_data_uri
+
+    raw = _bytes_name(photos, b"l_\xe9.png")
+    key = hio.image_key(os.fsencode(raw))
+    assert key.startswith("bytes:")
+    assert thumbnail_data_uri(key) is not None
