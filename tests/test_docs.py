@@ -137,12 +137,13 @@ def make_mydata(folder: Path, count: int = 12) -> None:
 
 def make_photos_and_scores(folder: Path, count: int = 60) -> None:
     """`photos/` and `scores.csv` as the fine-tuning guide starts: MEBeauty photos with their mean
-    ratings on the original 1-10 scale."""
+    ratings on the original 1-10 scale. Copied, not linked: `data import` refuses symlinks that
+    lead outside --images, as a reader's own photo folder would not have them."""
     portraits = folder / "photos" / "portraits"
     portraits.mkdir(parents=True)
     lines = ["image,score"]
     for row in _mebeauty_rows(count):
-        os.symlink(SHARED_DATA / "HumanBeauty-58K" / "images" / row["image_name"], portraits / row["image_name"])
+        shutil.copyfile(SHARED_DATA / "HumanBeauty-58K" / "images" / row["image_name"], portraits / row["image_name"])
         lines.append(f"portraits/{row['image_name']},{row['raw_score']}")
     (folder / "scores.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
