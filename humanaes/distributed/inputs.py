@@ -165,11 +165,18 @@ def _read_local(path: Path) -> bytes:
 
 def read_manifest_table(name: str, data: bytes, suffix: str) -> list[dict[str, Any]]:
     """Rows of a .csv, .parquet or .jsonl manifest (all values as read)."""
-    if suffix == ".jsonl":
+    if suffix in (".jsonl", ".csv"):
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise DataError(f"{name}: manifest is not UTF-8 text") from None
+    if suffix == ".csv":
+        import csv
+
+        # every value stays text: ids like 007 must not become 7
+        reader = csv.DictReader(text.splitlines())
+        return [{k: (v if v != "" else None) for k, v in row.items() if k is not None} for row in reader]
+    if suffix == ".jsonl":
         rows = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -186,24 +193,14 @@ def read_manifest_table(name: str, data: bytes, suffix: str) -> list[dict[str, A
 
     try:
         import pyarrow as pa
-        import pyarrow.csv as pacsv
         import pyarrow.parquet as pq
     except ImportError:
-        raise HumanAesError(f"{name}: CSV and Parquet manifests need pyarrow: pip install 'humanaes[parquet]'") from None
+        raise HumanAesError(f"{name}: Parquet manifests need pyarrow: pip install 'humanaes[parquet]'") from None
     try:
-        if suffix == ".csv":
-            # every column as text: ids like 007 must stay "007"
-            table = pacsv.read_csv(
-                _io.BytesIO(data.removeprefix(b"\xef\xbb\xbf")),
-                convert_options=pacsv.ConvertOptions(column_types=None, strings_can_be_null=True, auto_dict_encode=False),
-                read_options=pacsv.ReadOptions(autogenerate_column_names=False),
-            )
-            table = table.cast(pa.schema([(f.name, pa.string()) for f in table.schema]))
-        else:
-            table = pq.read_table(_io.BytesIO(data))
+        table = pq.read_table(_io.BytesIO(data))
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{name}: not a readable {suffix.lstrip('.')} manifest ({first})") from None
+        raise DataError(f"{name}: not a readable Parquet manifest ({first})") from None
     return table.to_pylist()
 
 

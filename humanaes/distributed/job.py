@@ -274,24 +274,27 @@ class ShardCommitter:
         if table.num_rows:
             self._buffer.append(table)
             self._buffered += table.num_rows
-        if self._buffered >= self.shard_rows:
-            self.flush()
+        while self._buffered >= self.shard_rows:
+            self.flush(self.shard_rows)
         return table.num_rows
 
-    def flush(self) -> Path | None:
-        """Commit the buffered rows as one shard (nothing when the buffer is empty)."""
+    def flush(self, limit: int | None = None) -> Path | None:
+        """Commit the buffered rows (the first `limit` of them) as one shard; None when empty."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if not self._buffered:
             return None
-        table = pa.concat_tables(self._buffer).cast(shard_schema())
+        buffered = pa.concat_tables(self._buffer).cast(shard_schema())
+        count = buffered.num_rows if limit is None else min(limit, buffered.num_rows)
+        table, rest = buffered.slice(0, count), buffered.slice(count)
         self._sequence += 1
         target = self.folder / f"{SHARD_PREFIX}{self._sequence:08d}-{secrets.token_hex(4)}{SHARD_SUFFIX}"
         atomic_write(target, lambda tmp: pq.write_table(table, tmp))
         self.errors_committed += table.num_rows - table.column("error").null_count  # null error = scored
         self.rows_committed += table.num_rows
-        self._buffer, self._buffered = [], 0
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered = rest.num_rows
         return target
 
 
