@@ -328,3 +328,133 @@ def test_unreachable_ray_address_fails_within_seconds(tmp_path: Path, images: Pa
         from humanaes.distributed.ray_engine import probe_address
 
         probe_address("ray://head:abc")
+
+
+# -- the Ray engine (slow: each driver starts a local Ray instance) ------------------------------
+
+RAY_FLAGS = ["--engine", "ray", "--local-cpus", "2", "--object-store-mb", "150", "--concurrency", "2",
+             "--cpus-per-actor", "0.5", "--threads", "1", "--dtype", "float32", "--batch-size", "16", "-q"]
+
+
+@pytest.fixture(scope="module")
+def ray_job_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """300 tiny images, 3 MEBeauty photos and a missing file, with the uninterrupted
+    `--engine local` rows as the reference."""
+    pytest.importorskip("ray")
+    root = tmp_path_factory.mktemp("rayjob")
+    _tiny_images(root / "imgs", 300, seed=1)
+    if SHARED_IMAGES.is_dir():
+        for name in MEBEAUTY:
+            shutil.copy(SHARED_IMAGES / name, root / "imgs" / name)
+    manifest = root / "extra.txt"
+    manifest.write_text(f"{root / 'imgs' / 'missing.jpg'}\n", encoding="utf-8")
+    reference = root / "local"
+    run_batch(BatchConfig(inputs=[str(root / "imgs"), str(manifest)], out=reference, dtype="float32", threads=1,
+                          batch_size=16, quiet=True))
+    return root, _rows_by_id(reference)
+
+
+def _driver(root: Path, out: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "humanaes.cli", "batch", str(root / "imgs"), str(root / "extra.txt"),
+            "--out", str(out), *RAY_FLAGS, *extra]
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0", **(env or {}))
+    # its own session: the test can signal the driver alone, as a user's kill would
+    return subprocess.Popen(args, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_for_shards(out: Path, count: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(jobdir.committed_shards(out)) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"driver ended early ({proc.returncode}): {proc.stdout.read() if proc.stdout else ''}")
+        time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"no {count} shards within {timeout} s")
+
+
+def _ray_processes() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"/tmp/hray-" in (entry / "cmdline").read_bytes():
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120])
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def no_leaked_ray() -> Any:
+    yield
+    from humanaes.distributed.ray_engine import reap_orphaned_instances
+
+    deadline = time.monotonic() + 30
+    while _ray_processes() and time.monotonic() < deadline:
+        time.sleep(1)
+    leaked = _ray_processes()
+    reap_orphaned_instances()  # never leave them to the next test, even when failing
+    assert not leaked, f"Ray processes left behind: {leaked}"
+
+
+def _assert_same_as_local(out: Path, reference: dict[str, dict[str, Any]]) -> None:
+    rows = _rows_by_id(out)  # asserts each id once
+    assert set(rows) == set(reference)
+    for item_id, row in reference.items():
+        assert rows[item_id]["overall"] == row["overall"], item_id
+        assert rows[item_id]["error"] == row["error"], item_id
+    verify = jobdir.verify(out, list(reference))
+    assert verify.ok and verify.done == len(reference)
+
+
+@pytest.mark.slow
+def test_ray_engine_equals_local(tmp_path: Path, ray_job_input: tuple, no_leaked_ray: None) -> None:
+    root, reference = ray_job_input
+    out = tmp_path / "job"
+    proc = _driver(root, out)
+    output, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 1, output  # the missing file is an error row
+    _assert_same_as_local(out, reference)
+    if SHARED_IMAGES.is_dir():
+        assert reference[str(root / "imgs" / MEBEAUTY[0])]["overall"] == pytest.approx(GOLDEN_ASIAN_13, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_ray_lost_actor_is_replaced_without_duplicates(tmp_path: Path, ray_job_input: tuple, no_leaked_ray: None) -> None:
+    root, reference = ray_job_input
+    out = tmp_path / "job"
+    marker = tmp_path / "actor-died"
+    proc = _driver(root, out, "--shard-rows", "32", env={"HUMANAES_BATCH_FAULT": f"exit-after=48,marker={marker}"})
+    output, _ = proc.communicate(timeout=400)
+    assert marker.exists(), "the fault was not injected"
+    if proc.returncode not in (0, 1):  # Ray gave up on the task: the rerun must finish the job
+        rerun = _driver(root, out, "--shard-rows", "32")
+        output, _ = rerun.communicate(timeout=400)
+    _assert_same_as_local(out, reference)
+
+
+@pytest.mark.slow
+def test_ray_driver_killed_then_resumed(tmp_path: Path, ray_job_input: tuple, no_leaked_ray: None) -> None:
+    root, reference = ray_job_input
+    out = tmp_path / "job"
+    first = _driver(root, out, "--shard-rows", "16")
+    _wait_for_shards(out, 2, first)
+    first.send_signal(signal.SIGTERM)
+    output, _ = first.communicate(timeout=120)
+    assert first.returncode == 130, output
+    after_term = jobdir.verify(out, list(reference))
+    assert after_term.missing and not after_term.duplicates
+    second = _driver(root, out, "--shard-rows", "16")
+    _wait_for_shards(out, len(jobdir.committed_shards(out)) + 2, second)
+    second.kill()  # SIGKILL: nothing runs in the driver after this
+    second.communicate(timeout=60)
+    after_kill = jobdir.verify(out, list(reference))
+    assert len(after_kill.missing) < len(after_term.missing) and not after_kill.duplicates
+    third = _driver(root, out, "--shard-rows", "16")
+    output, _ = third.communicate(timeout=400)
+    assert third.returncode in (0, 1), output  # 1 when the missing file's error row was left to this run
+    _assert_same_as_local(out, reference)
+    verify = _cli(["batch", str(root / "imgs"), str(root / "extra.txt"), "--out", str(out), "--verify"])
+    assert verify.exit_code == 0 and "0 missing, 0 duplicated" in verify.output

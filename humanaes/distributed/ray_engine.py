@@ -18,10 +18,13 @@ batch that did arrive are dropped by the committer (ids already seen), so nothin
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from humanaes.distributed.stages import BatchScorer, read_images
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
     from humanaes.distributed.runner import BatchConfig
 
 CONNECT_TIMEOUT_S = 5.0
+#: local Ray instances started by humanaes live under /tmp/hray-*; the driver's pid is in this file
+LOCAL_PREFIX = "hray-"
+DRIVER_PID_FILE = "driver.pid"
 DEFAULT_PORTS = {"ray": 10001, "gcs": 6379}
 
 
@@ -83,7 +89,9 @@ def ray_session(config: "BatchConfig") -> Iterator[Any]:
         kwargs["address"] = config.address
     else:
         # Unix socket paths are limited to ~107 bytes: keep Ray's session folder short.
-        temp_dir = tempfile.mkdtemp(prefix="hray-", dir="/tmp")
+        reap_orphaned_instances()
+        temp_dir = tempfile.mkdtemp(prefix=LOCAL_PREFIX, dir="/tmp")
+        Path(temp_dir, DRIVER_PID_FILE).write_text(f"{os.getpid()}\n", encoding="ascii")
         kwargs.update(_temp_dir=temp_dir, num_cpus=config.local_cpus)
         if config.object_store_mb:
             kwargs["object_store_memory"] = config.object_store_mb * 2**20
@@ -96,11 +104,82 @@ def ray_session(config: "BatchConfig") -> Iterator[Any]:
         where = f"the Ray cluster at {config.address}" if config.address else "a local Ray instance"
         raise HumanAesError(f"cannot start or join {where}: {first}") from None
     try:
-        yield ray
+        with _sigterm_interrupts():
+            yield ray
     finally:
         ray.shutdown()
         if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_orphaned_instances(root: Path = Path("/tmp")) -> int:
+    """Stop what is left of local Ray instances whose humanaes driver was killed (SIGKILL).
+
+    A killed driver cannot stop its local instance; Ray's raylet and GCS follow it, but some of
+    its agent processes stay. They are found by the instance's own folder in their command line
+    (only folders that a humanaes driver created and whose driver pid is gone), sent SIGKILL
+    by pid, and the folder is removed. Returns the number of processes stopped.
+    """
+    stopped = 0
+    for folder in root.glob(f"{LOCAL_PREFIX}*"):
+        try:
+            pid = int((folder / DRIVER_PID_FILE).read_text(encoding="ascii").strip())
+        except (OSError, ValueError):
+            continue
+        if _alive(pid):
+            continue
+        stopped += _kill_processes_mentioning(str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+    return stopped
+
+
+def _kill_processes_mentioning(text: str) -> int:
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: nothing to find this way
+        return 0
+    needle = text.encode()
+    killed = 0
+    me = os.getuid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != me or needle not in (entry / "cmdline").read_bytes():
+                continue
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed += 1
+        except (OSError, ValueError):
+            continue
+    return killed
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM -> KeyboardInterrupt again: ray.init installs its own SIGTERM handler (which
+    aborts the process), so the driver could not commit the rows it already received."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_dataset(ray: Any, table: Any, scorer_kwargs: dict[str, Any], config: "BatchConfig") -> Any:
