@@ -9,13 +9,14 @@ against the official preprocessing (checked against the fixtures in tests/test_p
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, Literal, Union
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from PIL import Image, ImageOps
 
 from humanaes.errors import ConfigError, ImageLoadError
+from humanaes.io.discovery import special_file_kind
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 AlphaMode = Literal["white", "drop"]
@@ -329,19 +331,7 @@ def _read_bytes(source: Any, item: str) -> bytes | memoryview:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ImageLoadError(item, "file not found") from None
-        except IsADirectoryError:
-            raise ImageLoadError(item, "is a folder, not an image file") from None
-        except PermissionError:
-            raise ImageLoadError(item, "permission denied reading the file") from None
-        except OSError as exc:
-            if path.is_dir():  # Windows reports folders as PermissionError/OSError
-                raise ImageLoadError(item, "is a folder, not an image file") from None
-            raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+        return _read_regular_file(os.fspath(source), item)
     if hasattr(source, "read"):
         try:
             data = source.read()
@@ -355,6 +345,49 @@ def _read_bytes(source: Any, item: str) -> bytes | memoryview:
     raise ImageLoadError(
         item, f"unsupported source type {type(source).__name__}; pass a path, bytes, a binary file object or a PIL image"
     )
+
+
+def _read_regular_file(path: str | bytes, item: str) -> bytes:
+    """The bytes of a regular file; anything else (FIFO, socket, device, folder, symlink loop) is
+    refused with ImageLoadError before it is opened, so reading never blocks on a pipe.
+
+    The file is opened with O_NONBLOCK and checked again with fstat, so a FIFO swapped in
+    between the two checks cannot block either.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise ImageLoadError(item, "dangling symlink (its target does not exist)") from None
+        raise ImageLoadError(item, "file not found") from None
+    except PermissionError:
+        raise ImageLoadError(item, "permission denied reading the file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(item, "symlink loop (the link leads back to itself)") from None
+        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+    _require_regular(mode, item)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        raise ImageLoadError(item, "permission denied reading the file") from None
+    except OSError as exc:
+        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+    with os.fdopen(fd, "rb") as fh:
+        _require_regular(os.fstat(fh.fileno()).st_mode, item)
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+
+
+def _require_regular(mode: int, item: str) -> None:
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise ImageLoadError(item, "is a folder, not an image file")
+    raise ImageLoadError(item, f"is a {special_file_kind(mode)}, not a regular file; not opened")
 
 
 # Serialises the rare temporary lift of Pillow's global bomb limit (see _open_lazy).

@@ -79,6 +79,11 @@ class PixelScorer(BaseScorer):
 @pytest.fixture
 def scorer(monkeypatch: pytest.MonkeyPatch) -> PixelScorer:
     """Make `humanaes.load` return a PixelScorer; the calls are recorded on it."""
+    return install_pixel_scorer(monkeypatch)
+
+
+def install_pixel_scorer(monkeypatch: pytest.MonkeyPatch) -> PixelScorer:
+    """Make `humanaes.load` return a new PixelScorer (also used by test_hostile_inputs)."""
     model = PixelScorer()
     model.load_calls = []  # type: ignore[attr-defined]
 
@@ -101,6 +106,11 @@ def _img(path: Path, colour: tuple[int, int, int], fmt: str | None = None) -> Pa
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A folder: 5 images (nested, mixed formats), plus things discovery must skip."""
+    return make_photos(tmp_path)
+
+
+def make_photos(tmp_path: Path) -> Path:
+    """The `photos` folder (also used by test_hostile_inputs)."""
     root = tmp_path / "photos"
     _img(root / "b.png", (200, 200, 200))
     _img(root / "a.jpg", (30, 30, 30))
@@ -189,9 +199,10 @@ def test_columns() -> None:
     assert hio.COLUMNS[6:11] == ("prob_bad", "prob_poor", "prob_fair", "prob_good", "prob_excellent")
     assert hio.DIMENSION_COLUMNS[0] == "facial_brightness"
     assert hio.DIMENSION_COLUMNS[10] == "general_appearance_aesthetic_score"
-    assert hio.COLUMNS[-5:] == ("annotation", "error", "model", "mode", "extra")
-    assert len(hio.COLUMNS) == 6 + 5 + 12 + 5
-    assert hio.LEGACY_COLUMNS == hio.COLUMNS[:-1]
+    assert hio.COLUMNS[-7:] == ("annotation", "error", "model", "mode", "extra", "person_found", "display")
+    assert len(hio.COLUMNS) == 6 + 5 + 12 + 7
+    assert hio.LEGACY_COLUMNS == hio.COLUMNS[:-3]
+    assert hio.OLDER_LAYOUTS == (hio.COLUMNS[:-2], hio.LEGACY_COLUMNS)
 
 
 @pytest.mark.parametrize(
@@ -303,20 +314,23 @@ def test_outputs_from_before_the_extra_column_still_resume(tmp_path: Path, photo
     _with_extra(scorer, monkeypatch)
     old = hio.flat_row(ScoreResult(image=str((photos / "a.jpg").resolve())).finalize(0.1), model="pixel-test", mode="fast")
     legacy_csv = tmp_path / "old.csv"
-    legacy_csv.write_text(hio.CsvWriter._render([list(hio.LEGACY_COLUMNS), [old[c] for c in hio.LEGACY_COLUMNS]]))
+    # written the way humanaes 0.1 wrote it: LF line ends, no extra/person_found/display
+    legacy_csv.write_text(hio.render_csv([list(hio.LEGACY_COLUMNS), [old[c] for c in hio.LEGACY_COLUMNS]]).replace("\r\n", "\n"))
     result = _run(str(photos), "--out", str(legacy_csv))
     assert result.exit_code == 0, result.output
-    assert "without the `extra` column" in result.stderr and "1 skipped" in result.stderr
+    assert "without the extra, person_found, display column(s)" in result.stderr and "1 skipped" in result.stderr
     with open(legacy_csv, newline="") as fh:
         records = list(csv.reader(fh))
-    assert tuple(records[0]) == hio.LEGACY_COLUMNS and len(records) == 6
-    assert all(len(r) == len(hio.LEGACY_COLUMNS) for r in records)  # the file keeps one layout
+    assert tuple(records[0]) == hio.COLUMNS and len(records) == 6  # upgraded in place: one layout
+    assert all(len(r) == len(hio.COLUMNS) for r in records)
+    assert records[1][0] == old["image"] and float(records[1][1]) == 0.1  # the old row kept, not rescored
+    assert records[1][-1] == old["image"]  # its display defaults to its key
 
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
     legacy_pq = tmp_path / "old.parquet"
-    schema = pa.schema([f for f in hio.parquet_schema() if f.name != "extra"])
+    schema = pa.schema([f for f in hio.parquet_schema() if f.name in hio.LEGACY_COLUMNS])
     pq.write_table(pa.Table.from_pylist([{c: old[c] for c in hio.LEGACY_COLUMNS}], schema=schema), legacy_pq)
     result = _run(str(photos), "--out", str(legacy_pq))
     assert result.exit_code == 0, result.output
@@ -353,7 +367,7 @@ def test_unreadable_image_gives_error_row_and_exit_1(tmp_path: Path, photos: Pat
     assert len(rows) == 6
     assert "broken.jpg" in rows["broken.jpg"]["error"] and rows["broken.jpg"]["overall"] == ""
     assert rows["a.jpg"]["error"] == ""
-    assert "1 failed" in result.stderr
+    assert "1 failed: " in result.stderr and "broken.jpg (" in result.stderr
 
     # Resume skips the failed row unless asked to retry it.
     scorer.calls.clear()
@@ -363,7 +377,7 @@ def test_unreadable_image_gives_error_row_and_exit_1(tmp_path: Path, photos: Pat
     result = _run(str(photos), "--out", str(out), "--retry-errors")
     assert result.exit_code == 0, result.output
     rows = [r for r in _csv_rows(out) if r["image"].endswith("broken.jpg")]
-    assert [bool(r["error"]) for r in rows] == [True, False]  # appended; the last row wins
+    assert [bool(r["error"]) for r in rows] == [False]  # the retried row replaced the error row
 
 
 def test_interrupt_keeps_finished_batches_and_resumes(tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch) -> None:

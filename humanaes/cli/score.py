@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from humanaes.errors import HumanAesError
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 if TYPE_CHECKING:
-    from humanaes.io import ResultWriter
+    from humanaes.io import DiscoveredImage, ResultWriter
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -58,9 +58,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _previous_failures(rows: list[dict[str, Any]]) -> int:
-    from humanaes.report import latest_rows
+    # writer.existing holds one row per image already (the latest)
+    return sum(1 for r in rows if r.get("error"))
 
-    return sum(1 for r in latest_rows(rows) if r.get("error"))
+
+#: The largest --batch-size: a batch's decoded inputs and activations are held at once (about
+#: 5 MiB per image for the bundled model, far more for HumanAesExpert's tiles), and beyond a few
+#: dozen images a bigger batch is no faster on a CPU. See benchmarks/batch_memory.py.
+MAX_BATCH_SIZE = 256
+#: How many failed items the summary names before pointing at the output for the rest.
+NAMED_FAILURES = 3
 
 
 @click.command("score")
@@ -69,20 +76,22 @@ def _previous_failures(rows: list[dict[str, Any]]) -> int:
               help="Preset name, checkpoint folder or hub id (default: the bundled model).")
 @click.option("--mode", type=click.Choice(SCORE_MODES, case_sensitive=False), default=None,
               help="What to compute (default: the model's default mode).")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Images per forward pass.")
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              help=f"Images per forward pass (1 to {MAX_BATCH_SIZE}).")
 @click.option("--max-tiles", type=int, default=None, help="Most 448px tiles per image (default: the model's).")
 @click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES, case_sensitive=False), default="auto", show_default=True,
               help="Compute dtype. auto: the checkpoint's half precision on GPUs; for the bundled model, bfloat16 "
                    "on CPUs with bfloat16 units (2-3x faster, scores within ~0.002 of float32), else float32.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Output file (.csv, .jsonl or .parquet); an existing one is resumed.")
+              help="Output file (.csv, .jsonl or .parquet); an existing one is resumed. One run at a time per file.")
 @click.option("--format", "fmt", type=click.Choice(("table", "csv", "jsonl", "parquet"), case_sensitive=False),
               default=None, help="Output format (default: from --out's extension; a table without --out).")
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write a self-contained HTML report (all rows of --out, when resuming).")
 @click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (the official code's behaviour).")
-@click.option("--retry-errors", is_flag=True, help="When resuming, score again the images whose rows have an error.")
+@click.option("--retry-errors", is_flag=True,
+              help="When resuming, score again the images whose rows have an error (their rows are replaced).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for PyTorch (default: PyTorch's). Use 1 on a busy shared machine.")
@@ -110,13 +119,24 @@ def score_command(
     the same --out skips the images already in it, so an interrupted run loses at most one batch.
     Parquet cannot be appended to: its rows are journaled to OUT.partial.jsonl during the run and
     the Parquet file is replaced atomically at the end (a journal left by a crash is picked up).
+
+    Every row's `image` is the file's absolute path (not symlink-resolved; names that are not
+    UTF-8 are written `bytes:` + percent-encoded bytes) and is what a resume matches; `display`
+    is the path as you gave it. FIFOs, devices, symlink loops and dangling links get error rows
+    without being opened. A second run on the same --out or --report is refused while one runs.
     """
     from humanaes import io as hio
+    from humanaes.fsutil import OutputLock
 
     # Everything that can be checked without the model is checked first: fail in a second, not
     # after a minute of model loading.
     if batch_size < 1:
         raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size > MAX_BATCH_SIZE:
+        raise HumanAesError(
+            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
+            "and larger batches are not faster; use a smaller one"
+        )
     if threads is not None:
         import torch
 
@@ -125,24 +145,35 @@ def score_command(
         raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise HumanAesError(f"--report {report} should be an .html file")
-    if report is not None and not report.parent.exists():
-        raise HumanAesError(f"--report {report}: folder {report.parent} does not exist")
+    if report is not None:
+        hio.check_output_path(report, "--report")
     fmt = hio.resolve_output_format(out, fmt)
-    hio.enable_optional_decoders()
-    images = hio.discover_images(paths)
-    writer = hio.open_writer(out, fmt, warn=_warn)
-    try:
-        _run(ctx, writer, images, model=model, mode=mode, batch_size=batch_size, max_tiles=max_tiles,
-             device=device.lower(), dtype=dtype.lower(), out=out, report=report, no_exif=no_exif,
-             retry_errors=retry_errors, quiet=quiet)
-    finally:
-        writer.close()
+    if out is not None:
+        hio.check_output_path(out, "--out")
+    if out is not None and report is not None and hio.image_key(out) == hio.image_key(report):
+        raise HumanAesError(f"--out and --report are the same file ({out}); give them different names")
+    with ExitStack() as locks:
+        # One writer per output: a second run on the same file is refused at once (the kernel
+        # drops the lock when this process dies, so a killed run never leaves it stuck).
+        if out is not None:
+            locks.enter_context(OutputLock(out, what="--out"))
+        if report is not None:
+            locks.enter_context(OutputLock(report, what="--report"))
+        hio.enable_optional_decoders()
+        items = hio.discover_inputs(paths)
+        writer = hio.open_writer(out, fmt, warn=_warn)
+        try:
+            _run(ctx, writer, items, model=model, mode=mode, batch_size=batch_size, max_tiles=max_tiles,
+                 device=device.lower(), dtype=dtype.lower(), out=out, report=report, no_exif=no_exif,
+                 retry_errors=retry_errors, quiet=quiet)
+        finally:
+            writer.close()
 
 
 def _run(
     ctx: click.Context,
     writer: "ResultWriter",
-    images: list[Path],
+    items: "list[DiscoveredImage]",
     *,
     model: str | None,
     mode: str | None,
@@ -159,8 +190,8 @@ def _run(
     from tqdm import tqdm
 
     done = writer.done_keys(retry_errors=retry_errors)
-    todo = [p for p in images if str(p) not in done]
-    skipped = len(images) - len(todo)
+    todo = [item for item in items if item.key not in done]
+    skipped = len(items) - len(todo)
 
     earlier_modes = {r.get("mode") for r in writer.existing if r.get("mode")}
 
@@ -180,10 +211,10 @@ def _run(
         if not quiet:
             earlier_failed = _previous_failures(writer.existing)
             note = f" ({earlier_failed} of them with errors; use --retry-errors)" if earlier_failed else ""
-            click.echo(f"nothing to do: all {len(images)} images are already in {out}{note}", err=True)
+            click.echo(f"nothing to do: all {len(items)} images are already in {out}{note}", err=True)
         writer.close()
         if report is not None:
-            _write_report(list(writer.existing), report, no_exif=no_exif, quiet=quiet)
+            _write_report(writer.all_rows(), report, no_exif=no_exif, quiet=quiet)
         return
 
     scorer = _load_scorer(model, device, dtype)
@@ -202,53 +233,63 @@ def _run(
     if not quiet and skipped:
         click.echo(f"resuming {out}: {skipped} images already scored, {len(todo)} to go", err=True)
 
+    # Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
+    # are error rows without being opened; the rest go to the model.
+    unreadable = [item for item in todo if item.error]
+    readable = [item for item in todo if not item.error]
+    displays = {item.key: item.display for item in todo}
     new_rows: list[ScoreResult] = []
-    failed = 0
     start = time.monotonic()
-    keys = [str(p) for p in todo]
     # delay: short runs show no bar at all; long runs show images/s.
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=quiet, delay=1.0, dynamic_ncols=True,
                smoothing=0.1)
+
+    def write(batch: list[ScoreResult]) -> None:
+        writer.write_batch(batch, model=model_name, mode=mode, displays=[displays.get(r.image) for r in batch])
+        new_rows.extend(batch)
+
     interrupted = False
     try:
         with _sigterm_as_interrupt():
+            if unreadable:
+                write([ScoreResult.failed(item.key, f"{item.display}: {item.error}") for item in unreadable])
+                bar.update(len(unreadable))
             batch: list[ScoreResult] = []
+            keys = [item.key for item in readable]
             # iter_score yields a batch's results together; writing every batch_size results keeps
             # one fsync per model batch.
-            for result in scorer.iter_score(keys, mode=mode, batch_size=batch_size, names=keys, **options):
+            for result in scorer.iter_score([item.path for item in readable], mode=mode, batch_size=batch_size,
+                                            names=keys, **options):
                 batch.append(result)
                 bar.update(1)
                 if len(batch) == batch_size:
-                    writer.write_batch(batch, model=model_name, mode=mode)
-                    new_rows.extend(batch)
+                    write(batch)
                     batch = []
             if batch:
-                writer.write_batch(batch, model=model_name, mode=mode)
-                new_rows.extend(batch)
+                write(batch)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
-    failed = sum(1 for r in new_rows if r.error)
-    writer.close()  # flush/finish the output before the report reads images again
+    writer.close()  # flush/finish the output (one row per image) before the report reads images again
 
     if interrupted:
-        where = f"; {len(new_rows)} new rows are in {out}, rerun the same command to resume" if out else ""
-        click.echo(f"interrupted after {len(new_rows)} of {len(todo)} images{where}", err=True)
+        if not new_rows:
+            where = f"; {out} is unchanged" if out and out.exists() else ("; nothing was written" if out else "")
+            click.echo(f"interrupted before any of {len(todo)} images was scored{where}", err=True)
+        else:
+            where = f"; {len(new_rows)} new rows are in {out}, rerun the same command to resume" if out else ""
+            click.echo(f"interrupted after {len(new_rows)} of {len(todo)} images{where}", err=True)
         ctx.exit(130)
 
     if report is not None:
-        from humanaes.io import flat_row
+        _write_report(writer.all_rows(), report, no_exif=no_exif, quiet=quiet)
 
-        rows = list(writer.existing) + [flat_row(r, model=model_name, mode=mode) for r in new_rows]
-        _write_report(rows, report, no_exif=no_exif, quiet=quiet)
-
+    failed = [r for r in new_rows if r.error]
     if not quiet:
         elapsed = time.monotonic() - start
-        ok = len(new_rows) - failed
+        ok = len(new_rows) - len(failed)
         parts = [f"scored {ok} image{'' if ok == 1 else 's'}"]
-        if failed:
-            parts.append(f"{failed} failed")
         if new_rows and elapsed > 0:
             parts[-1] += f" ({len(new_rows) / elapsed:.2f} images/s)"
         if skipped:
@@ -258,8 +299,42 @@ def _run(
             parts.append(f"{earlier_failed} earlier rows have errors (use --retry-errors)")
         dest = f" -> {out}" if out else ""
         click.echo(", ".join(parts) + dest + (f"; report: {report}" if report else ""), err=True)
+        if failed:
+            click.echo(_failure_summary(failed, displays, out), err=True)
+        no_person = sum(1 for r in new_rows if r.person_found is False)
+        if no_person:
+            click.echo(
+                f"{no_person} image{' has' if no_person == 1 else 's had'} no detectable person: "
+                f"{'its scores are' if no_person == 1 else 'their scores are'} not meaningful"
+                f"{'' if out is None else ' (person_found is false in ' + str(out) + ')'}",
+                err=True,
+            )
     if failed:
         ctx.exit(1)
+
+
+def _failure_summary(failed: list[ScoreResult], displays: dict[str, str], out: Path | None) -> str:
+    """'2 failed: a.jpg (why), b.jpg (why)' naming the first few, and where the rest are."""
+    from humanaes.io import clean_text
+
+    def why(result: ScoreResult) -> str:
+        name = displays.get(result.image, result.image)
+        cause = (result.error or "").replace("\n", " ")
+        if cause.startswith(name + ": "):
+            cause = cause[len(name) + 2:]
+        elif cause.startswith(result.image + ": "):
+            cause = cause[len(result.image) + 2:]
+        return clean_text(f"{name} ({cause})")
+
+    named = "; ".join(why(r) for r in failed[:NAMED_FAILURES])
+    text = f"{len(failed)} failed: {named}"
+    rest = len(failed) - NAMED_FAILURES
+    where = f"the error column of {out}" if out is not None else "the error column above"
+    if rest > 0:
+        text += f"; and {rest} more, see {where}"
+    elif out is not None:
+        text += f" (also in {where})"
+    return text
 
 
 def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, quiet: bool) -> None:
