@@ -10,11 +10,12 @@ from __future__ import annotations
 import abc
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from PIL import Image
 
 from humanaes.errors import HumanAesError, ImageLoadError
+from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
 from humanaes.preprocessing import ImageSource, load_image, source_name
 from humanaes.schema import SCORE_MODES, ScoreResult
 
@@ -29,8 +30,10 @@ class BaseScorer(abc.ABC):
     #: the modes this scorer can run, a subset of schema.SCORE_MODES
     supported_modes: tuple[str, ...] = SCORE_MODES
     default_mode: str = "fast"
-    #: whether EXIF orientation is applied when decoding (False = official behaviour)
+    #: the default of the `apply_exif` option (False = official behaviour); `load(apply_exif=)` sets it
     apply_exif: bool = True
+    #: the options `score()` / `iter_score()` take (see humanaes.options); a family subclasses ScoreOptions
+    options_class: ClassVar[type[ScoreOptions]] = ScoreOptions
 
     def check_mode(self, mode: str | None) -> str:
         mode = mode or self.default_mode
@@ -42,6 +45,17 @@ class BaseScorer(abc.ABC):
                 f"(it supports: {', '.join(self.supported_modes)}); pass --model with a HumanAesExpert checkpoint"
             )
         return mode
+
+    def parse_options(self, **values: Any) -> ScoreOptions:
+        """Validate scoring options into this scorer's `options_class` (unset ones take their
+        defaults). Raises HumanAesError naming an option this model cannot use or an ill-typed one."""
+        return parse_options(
+            self.options_class, values, defaults={"apply_exif": self.apply_exif}, owner=f"model {self.name!r}"
+        )
+
+    def options_schema(self) -> list[dict[str, Any]]:
+        """The options this scorer takes, as plain data (name, type, default, help, bounds)."""
+        return describe_options(self.options_class)
 
     def score(
         self,
@@ -67,10 +81,17 @@ class BaseScorer(abc.ABC):
         names: Sequence[str] | None = None,
         **options: Any,
     ) -> Iterator[ScoreResult]:
-        """Yield results in input order, one batch at a time (for streaming writers)."""
+        """Yield results in input order, one batch at a time (for streaming writers).
+
+        The mode, batch size and options are checked at the call, before any image is read."""
         mode = self.check_mode(mode)
         if batch_size < 1:
             raise HumanAesError(f"batch_size must be at least 1, got {batch_size}")
+        return self._iterate(images, mode, batch_size, names, self.parse_options(**options))
+
+    def _iterate(
+        self, images: Iterable[ImageSource], mode: str, batch_size: int, names: Sequence[str] | None, options: ScoreOptions
+    ) -> Iterator[ScoreResult]:
         batch: list[tuple[str, ImageSource]] = []
         for index, source in enumerate(images):
             name = names[index] if names is not None else source_name(source, index)
@@ -82,6 +103,11 @@ class BaseScorer(abc.ABC):
             yield from self._run_batch(batch, mode, options)
 
     # -- subclass hooks -------------------------------------------------------------------
+
+    def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+        """Decode one source to RGB. The one place that applies the decoding options (EXIF,
+        pixel limit); a family may override it to open sources its own way, then call this."""
+        return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
 
     @abc.abstractmethod
     def prepare(self, image: Image.Image, **options: Any) -> Any:
@@ -100,13 +126,14 @@ class BaseScorer(abc.ABC):
     # -- driver ---------------------------------------------------------------------------
 
     def _run_batch(
-        self, batch: list[tuple[str, ImageSource]], mode: str, options: dict[str, Any]
+        self, batch: list[tuple[str, ImageSource]], mode: str, typed: ScoreOptions
     ) -> list[ScoreResult]:
+        options = model_options(typed)  # what the family's hooks take as keywords
         results: list[ScoreResult | None] = [None] * len(batch)
         ready: list[tuple[int, str, Any]] = []
         for i, (name, source) in enumerate(batch):
             try:
-                image = load_image(source, apply_exif=self.apply_exif, name=name)
+                image = self.decode(source, name, typed)
                 ready.append((i, name, self.prepare(image, **options)))
             except ImageLoadError as exc:
                 results[i] = ScoreResult.failed(name, str(exc))

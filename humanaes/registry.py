@@ -125,14 +125,15 @@ def load(
 
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
         scorer = load_bundled(str(dev), path=folder, dtype=dtype)
-        scorer.apply_exif = apply_exif
-        return scorer
-    assert path is not None
-    model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
-    if image_block_suffix is not None:
-        model.config.image_block_suffix = image_block_suffix
-    name = model.config.name if str(name_or_path) in _preset_files() else path.name
-    return HumanAesScorer(model, tokenizer, name=name, apply_exif=apply_exif)
+    else:
+        assert path is not None
+        model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
+        if image_block_suffix is not None:
+            model.config.image_block_suffix = image_block_suffix
+        name = model.config.name if str(name_or_path) in _preset_files() else path.name
+        scorer = HumanAesScorer(model, tokenizer, name=name)
+    scorer.apply_exif = apply_exif  # the default of the apply_exif option; a call may still pass its own
+    return scorer
 
 
 def load_model(

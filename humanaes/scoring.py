@@ -16,6 +16,7 @@ batch size or order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from humanaes.config import HumanAesConfig
 from humanaes.errors import HumanAesError
 from humanaes.modeling import HumanAesExpertModel
 from humanaes import preprocessing
+from humanaes.options import ScoreOptions, option
 from humanaes.prompts import (
     DEFAULT_EXPERT_QUESTION,
     DEFAULT_GENERAL_QUESTION,
@@ -37,6 +39,14 @@ from humanaes.prompts import (
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
 
 DEFAULT_MAX_NEW_TOKENS = 200
+
+
+@dataclass(frozen=True)
+class ExpertOptions(ScoreOptions):
+    """Options of HumanAesExpert scorers."""
+
+    max_tiles: int | None = option(None, "Most 448-pixel tiles per image (null: the model's own, 12 for the release).", minimum=1)
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1)
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,6 +66,8 @@ def positions_from_mask(mask: torch.Tensor, offset: torch.Tensor | None = None) 
 
 class HumanAesScorer(BaseScorer):
     """Scores images with a HumanAesExpert model (official weights, converted, or our own)."""
+
+    options_class = ExpertOptions
 
     def __init__(
         self,
@@ -122,7 +134,7 @@ class HumanAesScorer(BaseScorer):
         if mode == "expert":
             self._expert_full(per_image, n_tokens, results)
         if mode in ("annotate", "all"):
-            self._annotate(per_image, n_tokens, results, int(options.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)))
+            self._annotate(per_image, n_tokens, results, options["max_new_tokens"])
         for r in results:
             r.finalize(self._overall(r, mode))
         return results

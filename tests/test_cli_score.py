@@ -7,6 +7,7 @@ weights and run in about a second.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from humanaes import io as hio
 from humanaes.api import BaseScorer
 from humanaes.cli import main
 from humanaes.errors import HumanAesError, ModelNotFoundError
+from humanaes.options import ScoreOptions, option
 from humanaes.schema import DIMENSIONS, LEVEL_CENTRES, LEVELS, ScoreResult
 
 
@@ -502,15 +504,41 @@ def test_csv_torn_header_restarts_file(tmp_path: Path) -> None:
     assert [r["image"] for r in _csv_rows(out)] == ["/a.png"]
 
 
-def test_options_max_tiles_and_no_exif(photos: Path, scorer: PixelScorer) -> None:
+@dataclasses.dataclass(frozen=True)
+class TiledOptions(ScoreOptions):
+    max_tiles: int | None = option(None, "tiles", minimum=1)
+
+
+class TiledPixelScorer(PixelScorer):
+    """A PixelScorer that declares a max_tiles option and records how each image was decoded."""
+
+    options_class = TiledOptions
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.exif_seen: list[bool] = []
+
+    def decode(self, source: Any, name: str, options: ScoreOptions) -> Image.Image:
+        self.exif_seen.append(options.apply_exif)
+        return super().decode(source, name, options)
+
+
+def test_options_max_tiles_and_no_exif(photos: Path, scorer: PixelScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiled = TiledPixelScorer()
+    monkeypatch.setattr(humanaes, "load", lambda name_or_path=None, **kwargs: tiled, raising=False)
     assert _run(str(photos / "a.jpg"), "-q").exit_code == 0
-    assert scorer.calls[-1][2] == {} and scorer.apply_exif is True
-    result = _run(str(photos / "a.jpg"), "-q", "--max-tiles", "6", "--no-exif", "--device", "cpu", "--dtype",
-                  "float32", "--model", "some-preset")
+    assert tiled.calls[-1][2] == {"max_tiles": None} and tiled.exif_seen == [True]
+    result = _run(str(photos / "a.jpg"), "-q", "--max-tiles", "6", "--no-exif")
     assert result.exit_code == 0, result.output
-    assert scorer.calls[-1][2] == {"max_tiles": 6}
-    assert scorer.apply_exif is False
-    assert scorer.load_calls[-1] == ("some-preset", {"device": "cpu", "dtype": "float32"})  # type: ignore[attr-defined]
+    assert tiled.calls[-1][2] == {"max_tiles": 6} and tiled.exif_seen == [True, False]
+    assert tiled.apply_exif is True  # --no-exif is an option of the run, not a change to the scorer
+
+
+def test_option_the_model_cannot_use_is_exit_2(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    out = tmp_path / "s.jsonl"
+    line = _one_line_error(_run(str(photos / "a.jpg"), "--max-tiles", "6", "--out", str(out)))
+    assert "'max_tiles'" in line and "pixel-test" in line
+    assert scorer.calls == [] and (not out.exists() or out.read_text() == "")
 
 
 def test_report_flag_writes_html(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:

@@ -21,6 +21,7 @@ import math
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from humanaes.api import BaseScorer
 from humanaes.bundled.face import face_chips
 from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
+from humanaes.options import ScoreOptions, option
 from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
@@ -56,7 +58,10 @@ DESCRIPTION = (
 # -- preprocessing ---------------------------------------------------------------------------
 
 
-def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0, min_side: int = 0) -> ImageSource:
+def open_for_size(
+    source: ImageSource, size: int, crop_fraction: float = 1.0, min_side: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> ImageSource:
     """Open `source` lazily with a JPEG draft request when it is at least 2x `size`
     (after the crop: the kept square, `crop_fraction` x the shorter side, stays >= `size`) and
     at least 2x `min_side` (the face branch needs detail: its chips are cut from this image).
@@ -79,7 +84,8 @@ def open_for_size(source: ImageSource, size: int, crop_fraction: float = 1.0, mi
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(fp)
         need = max(math.ceil(size / crop_fraction), min_side)
-        if img.format != "JPEG" or img.width * img.height > DEFAULT_MAX_PIXELS or min(img.size) < 2 * need:
+        too_big = max_pixels is not None and img.width * img.height > max_pixels  # load_image refuses it
+        if img.format != "JPEG" or too_big or min(img.size) < 2 * need:
             img.close()
             return source
         img.draft("RGB", (need, need))
@@ -217,11 +223,20 @@ def load_model(
 # -- scorer ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MiniOptions(ScoreOptions):
+    """Options of humanaes-mini."""
+
+    use_face: bool = option(True, "Use the face branch when a face is found (false: whole-picture CNNs only).")
+    tta_flip: bool | None = option(None, "Also score the mirrored picture and average (null: as the checkpoint was exported).")
+
+
 class BundledScorer(BaseScorer):
     """Scores images with humanaes-mini. Modes depend on the heads the checkpoint trained."""
 
     name = BUNDLED_NAME
     default_mode = "fast"
+    options_class = MiniOptions
 
     def __init__(self, model: HumanAesMini | MiniEnsemble, meta: dict[str, Any] | None = None, *, fast_decode: bool = True):
         self.model = model.eval()
@@ -266,14 +281,14 @@ class BundledScorer(BaseScorer):
         )
         return info
 
-    def _run_batch(self, batch, mode, options):  # type: ignore[override]
+    def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
         # Route file paths / bytes through a lazily opened, draft-configured image so JPEG
         # decoding happens at reduced size; names (and error messages) are unchanged.
         if self.fast_decode:
             size, fraction = self.config.input_size, self.config.crop_fraction
             min_side = self.face.config.min_decode_side if self.face is not None else 0
-            batch = [(name, open_for_size(source, size, fraction, min_side)) for name, source in batch]
-        return super()._run_batch(batch, mode, options)
+            source = open_for_size(source, size, fraction, min_side, max_pixels=options.max_pixels)
+        return super().decode(source, name, options)
 
     @property
     def face(self) -> FaceBranch | None:

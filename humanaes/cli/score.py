@@ -218,18 +218,19 @@ def _run(
         return
 
     scorer = _load_scorer(model, device, dtype)
+    options: dict[str, Any] = {}
+    if max_tiles is not None:
+        options["max_tiles"] = max_tiles
     if no_exif:
-        scorer.apply_exif = False
+        options["apply_exif"] = False
     mode = scorer.check_mode(mode)  # before any work: bad flags fail fast
+    scorer.parse_options(**options)  # e.g. --max-tiles with a model that has no tiles: exit 2
     check_resumed_mode(mode)
     model_name = str(getattr(scorer, "name", model or "default"))
     earlier_models = {r.get("model") for r in writer.existing if r.get("model")}
     if earlier_models and earlier_models != {model_name}:
         _warn(f"--out {out} holds results of model {', '.join(sorted(earlier_models))}; appending {model_name}")
 
-    options: dict[str, Any] = {}
-    if max_tiles is not None:
-        options["max_tiles"] = max_tiles
     if not quiet and skipped:
         click.echo(f"resuming {out}: {skipped} images already scored, {len(todo)} to go", err=True)
 
