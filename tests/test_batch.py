@@ -7,6 +7,7 @@ resume; each removes its Ray processes in teardown.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -248,7 +249,10 @@ def test_refuses_a_job_of_other_settings_unless_force(tmp_path: Path, images: Pa
     assert forced.exit_code == 0, forced.output
     assert "discarded" in forced.output
     record = json.loads((out / "job.json").read_text())
-    assert record["spec"]["options"] == {"apply_exif": False}
+    from humanaes.bundled.scorer import MiniOptions
+
+    # every typed option of the model, given or default, is in the record
+    assert record["spec"]["options"] == dataclasses.asdict(MiniOptions(apply_exif=False))
     assert len(_rows_by_id(out)) == 15
 
 
@@ -283,6 +287,9 @@ def test_usage_errors_fail_before_any_work(tmp_path: Path, images: Path) -> None
         (["--concurrency", "2"], "need --engine ray"),
         (["--batch-size", "0"], "--batch-size must be between"),
         (["--shard-rows", "0"], "--shard-rows must be at least 1"),
+        (["--max-tiles", "3"], "option 'max_tiles' not available with model 'humanaes-mini'"),
+        (["-o", "use_face=maybe"], "use_face"),
+        (["-o", "nope"], "expected NAME=VALUE"),
     ):
         result = _cli(["batch", str(images), "--out", str(tmp_path / "job"), *args])
         assert result.exit_code == 2 and message in result.output, result.output

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
               help="What to compute (default: the model's default mode).")
 @click.option("--max-tiles", type=click.IntRange(min=1), default=None, help="Most 448px tiles per image (HumanAesExpert).")
 @click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (the official code's behaviour).")
+@click.option("--option", "-o", "extra_options", multiple=True, metavar="NAME=VALUE",
+              help="A typed option of the model (see `humanaes models --json`), e.g. -o use_face=false. Repeatable.")
 @click.option("--engine", type=click.Choice(("local", "ray")), default="local", show_default=True,
               help="local: one process, no Ray. ray: Ray Data (a local Ray instance unless --address).")
 @click.option("--address", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.pass_context
 def batch_command(ctx: click.Context, inputs: tuple[str, ...], out: Path, model: str | None, mode: str | None,
-                  max_tiles: int | None, no_exif: bool, engine: str, address: str | None, num_gpus_per_actor: float,
+                  max_tiles: int | None, no_exif: bool, extra_options: tuple[str, ...], engine: str, address: str | None, num_gpus_per_actor: float,
                   cpus_per_actor: float, concurrency: int, batch_size: int, device: str, dtype: str,
                   path_column: str | None, id_column: str | None, shard_rows: int | None, retry_errors: bool,
                   force: bool, verify: bool, threads: int | None, local_cpus: int | None,
@@ -67,10 +69,17 @@ def batch_command(ctx: click.Context, inputs: tuple[str, ...], out: Path, model:
     pandas.read_parquet("OUT/shards").
     """
     from humanaes.distributed.runner import DEFAULT_SHARD_ROWS, BatchConfig
+    from humanaes.errors import HumanAesError
 
+    options: dict[str, object] = {"max_tiles": max_tiles, "apply_exif": False if no_exif else None}
+    for text in extra_options:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise HumanAesError(f"--option {text!r}: expected NAME=VALUE, e.g. use_face=false")
+        options[name.strip().replace("-", "_")] = value.strip()
     config = BatchConfig(
         inputs=list(inputs), out=out, model=model, mode=mode.lower() if mode else None,
-        options={"max_tiles": max_tiles}, apply_exif=not no_exif, device=device.lower(), dtype=dtype.lower(),
+        options=options, device=device.lower(), dtype=dtype.lower(),
         engine=engine, address=address, num_gpus_per_actor=num_gpus_per_actor, cpus_per_actor=cpus_per_actor,
         concurrency=concurrency, batch_size=batch_size, threads=threads,
         shard_rows=shard_rows if shard_rows is not None else DEFAULT_SHARD_ROWS, retry_errors=retry_errors,

@@ -43,8 +43,8 @@ class BatchConfig:
     out: Path
     model: str | None = None
     mode: str | None = None
+    #: scoring options as given (the model's typed options; text values are converted)
     options: dict[str, Any] = field(default_factory=dict)
-    apply_exif: bool = True
     device: str = "auto"
     dtype: str = "auto"
     engine: str = "local"
@@ -62,6 +62,9 @@ class BatchConfig:
     local_cpus: int | None = None
     object_store_mb: int | None = None
     quiet: bool = False
+
+    def given_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if v is not None}
 
     def check(self) -> None:
         """Flag errors that need neither inputs nor a model (fail in a second)."""
@@ -92,29 +95,41 @@ class BatchSummary:
     seconds: float = 0.0
 
 
-def model_identity(model: str | None) -> tuple[str, str | None, str]:
-    """(canonical model name, weights sha256 when cheap to know, default mode) without loading it."""
+def model_identity(model: str | None) -> tuple[str, str | None, str, type]:
+    """(canonical model name, weights sha256 when cheap to know, default mode, options class),
+    all without loading the model (the driver of a cluster job may have no GPU for it)."""
     from importlib import resources
 
     from humanaes.registry import BUNDLED_DEFAULT, _is_bundled_folder
 
-    if model is None or model == BUNDLED_DEFAULT:
-        meta_text = resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
-        return BUNDLED_DEFAULT, json.loads(meta_text).get("weights_sha256"), "fast"
-    path = Path(model).expanduser()
-    if _is_bundled_folder(path):
-        meta = json.loads((path / f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8"))
-        return str(path.absolute()), meta.get("weights_sha256"), "fast"
+    path = None if model is None else Path(model).expanduser()
+    if model is None or model == BUNDLED_DEFAULT or (path is not None and _is_bundled_folder(path)):
+        from humanaes.bundled.scorer import BundledScorer
+
+        if path is None or model == BUNDLED_DEFAULT:
+            meta_text = resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
+            name = BUNDLED_DEFAULT
+        else:
+            meta_text = (path / f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
+            name = str(path.absolute())
+        return name, json.loads(meta_text).get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class
+    from humanaes.scoring import HumanAesScorer
+
     # a HumanAesExpert checkpoint: its default mode depends on its trained heads ("default")
-    return (str(path.absolute()) if path.exists() else model), None, "default"
+    assert path is not None
+    return (str(path.absolute()) if path.exists() else model), None, "default", HumanAesScorer.options_class
 
 
 def job_spec(config: BatchConfig) -> jobdir.JobSpec:
-    name, sha, default_mode = model_identity(config.model)
-    options = {k: v for k, v in sorted(config.options.items()) if v is not None}
-    options["apply_exif"] = config.apply_exif
-    return jobdir.JobSpec(model=name, model_sha256=sha, mode=(config.mode or default_mode).lower(), options=options,
-                          dtype=config.dtype)
+    """The job's record: every typed option of the model with its value (given or default)."""
+    import dataclasses
+
+    from humanaes.options import parse_options
+
+    name, sha, default_mode, options_class = model_identity(config.model)
+    parsed = parse_options(options_class, config.given_options(), owner=f"model {name!r}", from_text=True)
+    return jobdir.JobSpec(model=name, model_sha256=sha, mode=(config.mode or default_mode).lower(),
+                          options=dataclasses.asdict(parsed), dtype=config.dtype)
 
 
 def scorer_kwargs(config: BatchConfig, spec: jobdir.JobSpec) -> dict[str, Any]:
@@ -128,10 +143,10 @@ def scorer_kwargs(config: BatchConfig, spec: jobdir.JobSpec) -> dict[str, Any]:
     return {
         "model": config.model,
         "mode": None if spec.mode == "default" else spec.mode,
-        "options": {k: v for k, v in config.options.items() if v is not None},
+        # the options given, as parsed into the job record (typed values, not command-line text)
+        "options": {k: spec.options[k] for k in config.given_options()},
         "device": device,
         "dtype": config.dtype,
-        "apply_exif": config.apply_exif,
         "threads": threads,
         "fault": parse_fault(os.environ.get(FAULT_ENV)),
     }

@@ -147,7 +147,6 @@ class BatchScorer:
         options: dict[str, Any],
         device: str = "auto",
         dtype: str = "auto",
-        apply_exif: bool = True,
         threads: int | None = None,
         fault: dict[str, Any] | None = None,
         scorer: Any = None,
@@ -159,9 +158,10 @@ class BatchScorer:
         if scorer is None:
             import humanaes
 
-            scorer = humanaes.load(model, device=device, dtype=dtype, apply_exif=apply_exif)
+            scorer = humanaes.load(model, device=device, dtype=dtype)
         self.scorer = scorer
         self.mode = scorer.check_mode(mode)
+        scorer.parse_options(**options)  # an option this model cannot use fails here, not per batch
         self.options = dict(options)
         self.model_name = str(getattr(scorer, "name", model or "default"))
         self.fault = fault
