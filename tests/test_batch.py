@@ -7,6 +7,7 @@ resume; each removes its Ray processes in teardown.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -465,3 +466,62 @@ def test_ray_driver_killed_then_resumed(tmp_path: Path, ray_job_input: tuple, no
     _assert_same_as_local(out, reference)
     verify = _cli(["batch", str(root / "imgs"), str(root / "extra.txt"), "--out", str(out), "--verify"])
     assert verify.exit_code == 0 and "0 missing, 0 duplicated" in verify.output
+
+
+# -- Ray Serve ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ray_serve_deployment_scores_over_http_and_sheds_load(tmp_path: Path, no_leaked_ray: None) -> None:
+    ray = pytest.importorskip("ray")
+    serve = pytest.importorskip("ray.serve")
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    import socket
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from humanaes.distributed.ray_engine import DRIVER_PID_FILE, LOCAL_PREFIX
+    from humanaes.distributed.serve import ReplicaSettings, build_application
+
+    image = _tiny_images(tmp_path / "imgs", 1)[0]
+    if SHARED_IMAGES.is_dir():
+        image = SHARED_IMAGES / MEBEAUTY[0]
+    data = image.read_bytes()
+    expected = humanaes.load(None, device="cpu", dtype="float32").score([str(image)])[0].overall
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix=LOCAL_PREFIX, dir="/tmp")
+    Path(temp, DRIVER_PID_FILE).write_text(f"{os.getpid()}\n")
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp, object_store_memory=150 * 2**20, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        replicas = ReplicaSettings(num_cpus=0.5, max_ongoing_requests=1, max_queued_requests=1, retry_after_s=3)
+        app = build_application(None, replicas=replicas, load_options={"device": "cpu", "dtype": "float32", "threads": 1})
+        serve.run(app, name="humanaes", route_prefix="/")  # returns once the replica has loaded the model
+        url = f"http://127.0.0.1:{port}/v1/score"
+
+        def post(_: int) -> httpx.Response:
+            return httpx.post(url, files={"files": (image.name, data, "image/jpeg")}, timeout=120)
+
+        one = post(0)
+        assert one.status_code == 200, one.text
+        body = one.json()
+        assert body["model"] == "humanaes-mini" and len(body["results"]) == 1
+        assert body["results"][0]["overall"] == pytest.approx(expected, abs=1e-6)
+        # 1 request on the replica + 1 queued in Serve: the rest of a burst is shed at once
+        with ThreadPoolExecutor(10) as pool:
+            burst = list(pool.map(post, range(10)))
+        statuses = sorted(r.status_code for r in burst)
+        assert 429 in statuses and set(statuses) <= {200, 429}, statuses
+        shed = next(r for r in burst if r.status_code == 429)
+        assert shed.headers.get("retry-after") == "3"
+        for response in burst:
+            if response.status_code == 200:
+                assert response.json()["results"][0]["overall"] == pytest.approx(expected, abs=1e-6)
+    finally:
+        with contextlib.suppress(Exception):
+            serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(temp, ignore_errors=True)
