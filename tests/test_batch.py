@@ -328,9 +328,14 @@ def test_unreachable_ray_address_fails_within_seconds(tmp_path: Path, images: Pa
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     start = time.monotonic()
-    result = _cli(["batch", str(images), "--out", str(tmp_path / "job"), "--engine", "ray", "--address", f"127.0.0.1:{port}"])
-    assert result.exit_code == 2
-    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in result.output
+    # a subprocess with a time limit: a hang (the bug) fails the test instead of stalling the suite
+    done = subprocess.run(
+        [sys.executable, "-m", "humanaes.cli", "batch", str(images), "--out", str(tmp_path / "job"), "--engine", "ray",
+         "--address", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=90, env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot reach a Ray cluster at 127.0.0.1:{port}" in done.stderr
     assert time.monotonic() - start < 30
     with pytest.raises(HumanAesError, match="not a port number"):
         from humanaes.distributed.ray_engine import probe_address
