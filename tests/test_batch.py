@@ -225,6 +225,22 @@ def test_table_manifests_globs_and_id_columns(tmp_path: Path, cached_load: list)
     assert set(rows) == {"p1", str(paths[2]), str(paths[3])}  # the `id` column is used when present
 
 
+def test_pyarrow_fs_uris_are_listed_and_read(tmp_path: Path, cached_load: list) -> None:
+    paths = _tiny_images(tmp_path / "imgs", 3)
+    csv = tmp_path / "remote.csv"
+    csv.write_text(f"image\nfile://{tmp_path}/imgs/gone.png\n", encoding="utf-8")
+    out = tmp_path / "job"
+    run_batch(_config([f"file://{tmp_path}/imgs/", csv], out))
+    rows = _rows_by_id(out)
+    assert set(rows) == {f"file://{p}" for p in paths} | {f"file://{tmp_path}/imgs/gone.png"}
+    assert rows[f"file://{tmp_path}/imgs/gone.png"]["error"].startswith(f"file://{tmp_path}/imgs/gone.png: cannot read")
+    local = run_batch(_config([tmp_path / "imgs"], tmp_path / "job2"))
+    assert local.failed == 0
+    by_path = _rows_by_id(tmp_path / "job2")
+    for p in paths:  # the same bytes, the same score, whichever way they were read
+        assert rows[f"file://{p}"]["overall"] == by_path[str(p)]["overall"]
+
+
 def test_manifest_without_the_path_column_names_its_columns(tmp_path: Path) -> None:
     csv = tmp_path / "list.csv"
     csv.write_text("name,score\na.jpg,1\n", encoding="utf-8")
