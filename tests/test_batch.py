@@ -254,7 +254,12 @@ def test_manifest_without_the_path_column_names_its_columns(tmp_path: Path) -> N
 def test_refuses_a_job_of_other_settings_unless_force(tmp_path: Path, images: Path, cached_load: list) -> None:
     out = tmp_path / "job"
     run_batch(_config([images], out))
-    for extra, what in ((["--no-exif"], "options"), (["--dtype", "bfloat16"], "dtype"), (["--mode", "all"], "mode")):
+    other_model = tmp_path / "other-model"  # the bundled model saved elsewhere: another model for the record
+    other_model.mkdir()
+    for name in ("humanaes-mini.json", "humanaes-mini.safetensors"):
+        shutil.copy(Path(humanaes.__file__).parent / "bundled" / name, other_model / name)
+    for extra, what in ((["--no-exif"], "options"), (["--dtype", "bfloat16"], "dtype"), (["--mode", "all"], "mode"),
+                        (["--model", str(other_model)], "model")):
         args = ["batch", str(images), "--out", str(out), "--threads", "1", *extra]
         if "--dtype" not in extra:
             args += ["--dtype", "float32"]
