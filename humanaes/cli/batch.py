@@ -117,10 +117,10 @@ def _run(ctx: click.Context, config: "BatchConfig") -> None:
     if not config.quiet:
         ok = summary.scored - summary.failed
         parts = [f"scored {ok} image{'' if ok == 1 else 's'}"]
-        if summary.failed:
-            parts.append(f"{summary.failed} failed (rows with an error)")
         if summary.scored and summary.seconds > 0:
-            parts[-1] += f" ({summary.scored / summary.seconds:.2f} images/s)"
+            parts[0] += f" ({summary.scored / summary.seconds:.2f} images/s)"
+        if summary.failed:
+            parts.append(f"{summary.failed} failed (rows with an error; --retry-errors scores them again)")
         if summary.skipped:
             parts.append(f"{summary.skipped} already done")
         click.echo(", ".join(parts) + f" -> {config.out}", err=True)
