@@ -3,17 +3,19 @@
 
 Both engines score the same real photos (the first N MEBeauty images of the shared data, else
 generated 1200x900 JPEGs) with the bundled model, the same batch size and the same CPU threads
-per model, as a user runs them: the CLI in a fresh process, the Ray run starting its own local
-Ray instance. Each engine runs at two job sizes, interleaved (local small, ray small, local big,
-ray big, ... per repeat) so that load from other processes hits both alike. From the two sizes:
+per model, through the engines' own entry points (`run_local`, `run_ray` with a local Ray
+instance started for each run). Runs alternate (local, ray, local, ray, ...) so that load from
+other processes hits both alike. Each result batch is time-stamped on arrival, which separates
 
-    per-image cost = (T(big) - T(small)) / (big - small)     the steady-state rate
-    fixed cost     = T(small) - small x per-image cost        start-up (model load, Ray start)
+    fixed cost  = time to the first result batch (model load; for Ray also the instance start,
+                  the actors' model load and the first pass through the pipeline)
+    steady rate = rows after the first batch / time from the first to the last batch
 
-and the Ray overhead per image is the difference of the per-image costs.
+and the Ray overhead per image is the difference of the steady per-image costs. Also measured:
+the rate at which the driver commits rows (dedup + Parquet shards), the ceiling of a cluster.
 
-    .venv/bin/python benchmarks/batch_scale.py                      # 48 and 192 images, batch 16
-    .venv/bin/python benchmarks/batch_scale.py --sizes 64 512 --ray-concurrency 2 --threads 1
+    .venv/bin/python benchmarks/batch_scale.py                     # 160 photos, batch 16, 2 repeats
+    .venv/bin/python benchmarks/batch_scale.py --images 512 --ray-concurrency 2 --threads 1
 
 A benchmark, not a test: the figures depend on the machine and on what else runs on it.
 """
@@ -25,8 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,20 +54,33 @@ def input_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def run_job(manifest: Path, out: Path, engine: str, args: argparse.Namespace) -> float:
-    """Wall seconds of one `humanaes batch` command (a fresh process, as a user runs it)."""
-    command = [sys.executable, "-m", "humanaes.cli", "batch", str(manifest), "--out", str(out), "--engine", engine,
-               "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--threads", str(args.threads), "-q"]
-    if engine == "ray":
-        command += ["--concurrency", str(args.ray_concurrency), "--cpus-per-actor", str(args.threads),
-                    "--local-cpus", str(args.local_cpus), "--object-store-mb", "200"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(args.threads), RAY_USAGE_STATS_ENABLED="0")
+def time_engine(engine: str, table: object, args: argparse.Namespace) -> dict[str, float]:
+    """One run of an engine over `table`; figures from the arrival times of result batches."""
+    from humanaes.distributed.runner import BatchConfig, run_local
+    from humanaes.distributed.stages import BatchScorer  # noqa: F401 - imported before the clock starts
+
+    config = BatchConfig(inputs=[], out=Path("unused"), engine=engine, batch_size=args.batch_size,
+                         concurrency=args.ray_concurrency, cpus_per_actor=args.threads, local_cpus=args.local_cpus,
+                         object_store_mb=200, dtype=args.dtype, threads=args.threads, quiet=True)
+    kwargs = {"model": None, "mode": "fast", "options": {}, "device": "cpu", "dtype": args.dtype,
+              "threads": args.threads, "fault": None}
+    arrivals: list[tuple[float, int]] = []
+
+    def on_result(result: object) -> None:
+        arrivals.append((time.perf_counter(), result.num_rows))  # type: ignore[attr-defined]
+
     start = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if done.returncode not in (0, 1):
-        raise SystemExit(f"{engine} run failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return seconds
+    if engine == "local":
+        run_local(table, kwargs, batch_size=args.batch_size, on_result=on_result)
+    else:
+        from humanaes.distributed.ray_engine import run_ray
+
+        run_ray(table, kwargs, config=config, on_result=on_result)
+    rows = sum(n for _, n in arrivals)
+    first_time, first_rows = arrivals[0]
+    steady_s = arrivals[-1][0] - first_time
+    return {"rows": rows, "total_s": arrivals[-1][0] - start, "fixed_s": first_time - start,
+            "steady_ms_per_image": 1000 * steady_s / max(1, rows - first_rows)}
 
 
 def commit_rate(rows: int = 100_000, shard_rows: int = 4096) -> float:
@@ -99,62 +112,57 @@ def commit_rate(rows: int = 100_000, shard_rows: int = 4096) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs=2, default=(48, 192), metavar=("SMALL", "BIG"))
+    parser.add_argument("--images", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per model (local process or Ray actor)")
     parser.add_argument("--ray-concurrency", type=int, default=1, help="model actors in the Ray run")
     parser.add_argument("--local-cpus", type=int, default=2, help="CPUs of the local Ray instance")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
-    small, big = sorted(args.sizes)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from humanaes.distributed.inputs import gather_inputs
+    from humanaes.distributed.stages import items_table
+
     work = Path(tempfile.mkdtemp(prefix="batch-scale-"))
     try:
-        paths = input_images(work / "images", big)
-        manifests = {}
-        for size in (small, big):
-            manifests[size] = work / f"first{size}.txt"
-            manifests[size].write_text("\n".join(map(str, paths[:size])) + "\n", encoding="utf-8")
-        times: dict[tuple[str, int], list[float]] = {}
+        input_images(work / "images", args.images)
+        table = items_table(gather_inputs([str(work / "images")]))
+        runs: dict[str, list[dict[str, float]]] = {"local": [], "ray": []}
         for repeat in range(args.repeats):
-            for size in (small, big):
-                for engine in ("local", "ray"):
-                    out = work / f"out-{engine}-{size}-{repeat}"
-                    seconds = run_job(manifests[size], out, engine, args)
-                    times.setdefault((engine, size), []).append(seconds)
-                    print(f"  {engine:5s} {size:5d} images: {seconds:7.1f} s", flush=True)
-                    shutil.rmtree(out, ignore_errors=True)
-        figures = {}
-        for engine in ("local", "ray"):
-            t_small = statistics.median(times[(engine, small)])
-            t_big = statistics.median(times[(engine, big)])
-            per_image = (t_big - t_small) / (big - small)
-            figures[engine] = {
-                "seconds": {str(small): round(t_small, 2), str(big): round(t_big, 2)},
-                "per_image_ms": round(per_image * 1000, 1),
-                "steady_images_per_s": round(1 / per_image, 2) if per_image > 0 else None,
-                "fixed_s": round(t_small - small * per_image, 1),
-                "end_to_end_images_per_s": {str(big): round(big / t_big, 2)},
+            for engine in ("local", "ray"):
+                figures = time_engine(engine, table, args)
+                runs[engine].append(figures)
+                print(f"  {engine:5s} run {repeat + 1}: {figures['total_s']:6.1f} s total, {figures['fixed_s']:5.1f} s "
+                      f"to the first batch, {figures['steady_ms_per_image']:6.1f} ms per image after it", flush=True)
+        summary = {}
+        for engine, rows in runs.items():
+            steady = statistics.median(r["steady_ms_per_image"] for r in rows)
+            summary[engine] = {
+                "steady_ms_per_image": round(steady, 1),
+                "steady_images_per_s": round(1000 / steady, 2),
+                "fixed_s": round(statistics.median(r["fixed_s"] for r in rows), 1),
+                "end_to_end_images_per_s": round(statistics.median(r["rows"] / r["total_s"] for r in rows), 2),
             }
-        overhead_ms = figures["ray"]["per_image_ms"] - figures["local"]["per_image_ms"]
-        print(f"\nbatch size {args.batch_size}, {args.threads} thread(s) per model, Ray actors {args.ray_concurrency}, "
-              f"dtype {args.dtype}, images: {'MEBeauty photos' if IMAGES.is_dir() else 'generated JPEGs'}")
-        print(f"{'engine':8s}{'T(' + str(small) + ')':>10s}{'T(' + str(big) + ')':>10s}{'ms/img':>9s}"
-              f"{'img/s':>8s}{'fixed s':>9s}")
-        for engine, f in figures.items():
-            print(f"{engine:8s}{f['seconds'][str(small)]:10.1f}{f['seconds'][str(big)]:10.1f}{f['per_image_ms']:9.1f}"
-                  f"{f['steady_images_per_s'] or float('nan'):8.2f}{f['fixed_s']:9.1f}")
-        ratio = figures["ray"]["steady_images_per_s"] / figures["local"]["steady_images_per_s"] \
-            if figures["ray"]["steady_images_per_s"] and figures["local"]["steady_images_per_s"] else float("nan")
-        print(f"ray / local steady rate: {ratio:.2f}; Ray overhead per image: {overhead_ms:+.1f} ms; "
-              f"extra fixed cost of Ray: {figures['ray']['fixed_s'] - figures['local']['fixed_s']:+.1f} s")
+        local, ray = summary["local"], summary["ray"]
+        print(f"\n{args.images} {'MEBeauty photos' if IMAGES.is_dir() else 'generated JPEGs'}, batch size "
+              f"{args.batch_size}, {args.threads} thread(s) per model, Ray actors {args.ray_concurrency}, dtype "
+              f"{args.dtype}; medians of {args.repeats} alternating runs")
+        print(f"{'engine':8s}{'ms/img':>9s}{'img/s':>8s}{'fixed s':>9s}{'end-to-end img/s':>18s}")
+        for engine, f in summary.items():
+            print(f"{engine:8s}{f['steady_ms_per_image']:9.1f}{f['steady_images_per_s']:8.2f}{f['fixed_s']:9.1f}"
+                  f"{f['end_to_end_images_per_s']:18.2f}")
+        ratio = ray["steady_images_per_s"] / local["steady_images_per_s"]
+        overhead = ray["steady_ms_per_image"] - local["steady_ms_per_image"]
+        print(f"ray / local steady rate: {ratio:.2f}; Ray overhead per image: {overhead:+.1f} ms; "
+              f"extra fixed cost of Ray: {ray['fixed_s'] - local['fixed_s']:+.1f} s")
         commits = commit_rate()
         print(f"driver commit rate (dedup + Parquet shards of 4096 rows, atomic rename): {commits:,.0f} rows/s")
         if args.json:
-            args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "figures": figures,
-                                             "ray_over_local": round(ratio, 3), "overhead_ms": round(overhead_ms, 1),
-                                             "commit_rows_per_s": round(commits)},
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
+                                             "summary": summary, "ray_over_local": round(ratio, 3),
+                                             "overhead_ms": round(overhead, 1), "commit_rows_per_s": round(commits)},
                                             indent=2) + "\n", encoding="utf-8")
     finally:
         shutil.rmtree(work, ignore_errors=True)
