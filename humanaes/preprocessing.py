@@ -254,7 +254,7 @@ def load_image(
     if isinstance(source, Image.Image):
         img, data = source, None
     else:
-        data = _read_bytes(source, item)
+        data = _read_bytes(source, item, _max_file_bytes(max_pixels))
         img = _open_lazy(data, item, max_pixels)
 
     try:
@@ -326,12 +326,12 @@ def _scale_to_l(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
 
 
-def _read_bytes(source: Any, item: str) -> bytes | memoryview:
+def _read_bytes(source: Any, item: str, max_bytes: int | None = None) -> bytes | memoryview:
     """Whole encoded file in memory: no file handle outlives the call, and we can sniff it."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return _read_regular_file(os.fspath(source), item)
+        return _read_regular_file(os.fspath(source), item, max_bytes)
     if hasattr(source, "read"):
         try:
             data = source.read()
@@ -347,9 +347,17 @@ def _read_bytes(source: Any, item: str) -> bytes | memoryview:
     )
 
 
-def _read_regular_file(path: str | bytes, item: str) -> bytes:
+def _max_file_bytes(max_pixels: int | None) -> int | None:
+    """The largest file an image within `max_pixels` can be: 8 bytes a pixel (16-bit RGBA, stored
+    uncompressed) plus 1 MiB of metadata. A bigger file (a sparse 100 GB "photo") is refused before
+    it is read into memory."""
+    return None if max_pixels is None else max_pixels * 8 + (1 << 20)
+
+
+def _read_regular_file(path: str | bytes, item: str, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file; anything else (FIFO, socket, device, folder, symlink loop) is
-    refused with ImageLoadError before it is opened, so reading never blocks on a pipe.
+    refused with ImageLoadError before it is opened, so reading never blocks on a pipe. A file
+    larger than `max_bytes` is refused before it is read.
 
     The file is opened with O_NONBLOCK and checked again with fstat, so a FIFO swapped in
     between the two checks cannot block either.
@@ -375,7 +383,14 @@ def _read_regular_file(path: str | bytes, item: str) -> bytes:
     except OSError as exc:
         raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
     with os.fdopen(fd, "rb") as fh:
-        _require_regular(os.fstat(fh.fileno()).st_mode, item)
+        st = os.fstat(fh.fileno())
+        _require_regular(st.st_mode, item)
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageLoadError(
+                item,
+                f"file of {st.st_size} bytes is larger than any image within the pixel limit can be "
+                f"({max_bytes} bytes); not read. Pass a larger max_pixels to allow it",
+            )
         try:
             return fh.read()
         except OSError as exc:

@@ -207,6 +207,17 @@ def test_load_image_refuses_a_fifo_instead_of_blocking(tmp_path: Path) -> None:
         load_image("/dev/zero")  # would otherwise read forever
 
 
+def test_load_image_refuses_a_file_too_big_for_any_allowed_image(tmp_path: Path) -> None:
+    # Bug caught: a sparse multi-gigabyte "photo" is read whole into memory before decoding.
+    big = tmp_path / "sparse.jpg"
+    with open(big, "wb") as fh:
+        fh.truncate(10_000_000)  # sparse: no disk used
+    with pytest.raises(ImageLoadError, match="larger than any image within the pixel limit"):
+        load_image(big, max_pixels=1000)  # at most 1000 * 8 bytes + 1 MiB
+    with pytest.raises(ImageLoadError, match="looks like|not an image|starts with"):  # no limit: read, then refused as data
+        load_image(big, max_pixels=None)
+
+
 # -- 3. symlink loops and dangling links ----------------------------------------------------------
 
 
@@ -222,11 +233,12 @@ def test_symlink_loop_and_dangling_link_are_error_rows_keyed_by_the_link(tmp_pat
     manifest.write_text(f"{photos / 'loop_a.jpg'}\n{photos / 'b.png'}\n")
     out = tmp_path / "s.parquet"
     pytest.importorskip("pyarrow")
-    result = _run(str(photos), str(manifest), "--out", str(out))
+    result = _run(str(manifest), str(photos), "--out", str(out))  # the manifest's items come first
     assert result.exit_code == 1, result.output
     rows = by_key(out)
     assert len(rows) == 5 + 4
     assert "symlink loop" in rows[str(photos / "loop_a.jpg")]["error"]
+    assert f"listed in {manifest}, line 1" in rows[str(photos / "loop_a.jpg")]["error"]
     assert "symlink loop" in rows[str(photos / "loop_b.jpg")]["error"]
     dangling = rows[str(photos / "dangling.png")]
     assert "dangling symlink" in dangling["error"] and "gone.png" in dangling["error"]
@@ -333,6 +345,23 @@ def test_parquet_temp_file_does_not_follow_a_planted_symlink(tmp_path: Path, pho
     assert len(by_key(out)) == 5
     leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".s.parquet"))
     assert leftovers == []
+
+
+def test_parquet_journal_symlink_is_refused(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    # Bug caught: rows appended through a planted `<out>.partial.jsonl` link into a file of the attacker's choice.
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "s.parquet"
+    hio.journal_path(out).symlink_to(tmp_path / "evil.txt")
+    line = _one_line_error(_run(str(photos), "--out", str(out)))
+    assert "is a symlink; remove it" in line and not (tmp_path / "evil.txt").exists()
+
+
+def test_out_that_is_a_fifo_is_refused_without_opening(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
+    out = tmp_path / "s.jsonl"
+    os.mkfifo(out)
+    with deadline(20):
+        line = _one_line_error(_run(str(photos), "--out", str(out)))
+    assert "FIFO" in line and scorer.calls == []
 
 
 # -- 8. --batch-size cap ---------------------------------------------------------------------------

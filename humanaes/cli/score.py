@@ -7,6 +7,7 @@ interrupted (the rows written so far are kept; rerun the same command to resume)
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import sys
@@ -62,10 +63,12 @@ def _previous_failures(rows: list[dict[str, Any]]) -> int:
     return sum(1 for r in rows if r.get("error"))
 
 
-#: The largest --batch-size: a batch's decoded inputs and activations are held at once (about
-#: 5 MiB per image for the bundled model, far more for HumanAesExpert's tiles), and beyond a few
-#: dozen images a bigger batch is no faster on a CPU. See benchmarks/batch_memory.py.
-MAX_BATCH_SIZE = 256
+#: The largest --batch-size. A batch's decoded inputs and activations are held at once: measured
+#: with the bundled model (benchmarks/batch_memory.py, 1 thread) peak RSS is 544 MiB at batch 8
+#: and 1408 MiB at 128 (128 photos), 2091 MiB at 256 (256 photos): 6-8 MiB more per image in a
+#: batch, and HumanAesExpert's tiles cost far more. Batches past a few dozen images are no faster
+#: on a CPU (256 photos: 41 s at 8, 43 s at 64, 66 s at 256).
+MAX_BATCH_SIZE = 128
 #: How many failed items the summary names before pointing at the output for the rest.
 NAMED_FAILURES = 3
 
@@ -132,17 +135,17 @@ def score_command(
     # after a minute of model loading.
     if batch_size < 1:
         raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
-    if batch_size > MAX_BATCH_SIZE:
-        raise HumanAesError(
-            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
-            "and larger batches are not faster; use a smaller one"
-        )
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
     if max_tiles is not None and max_tiles < 1:
         raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
+    if batch_size > MAX_BATCH_SIZE:
+        raise HumanAesError(
+            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
+            "and larger batches are not faster; use a smaller one"
+        )
     if report is not None and report.suffix.lower() not in (".html", ".htm"):
         raise HumanAesError(f"--report {report} should be an .html file")
     if report is not None:
@@ -235,39 +238,45 @@ def _run(
         click.echo(f"resuming {out}: {skipped} images already scored, {len(todo)} to go", err=True)
 
     # Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
-    # are error rows without being opened; the rest go to the model.
-    unreadable = [item for item in todo if item.error]
-    readable = [item for item in todo if not item.error]
+    # become error rows without being opened; runs of the others go to the model. Rows keep the
+    # input order and are written every batch_size results (one fsync per model batch).
     displays = {item.key: item.display for item in todo}
     new_rows: list[ScoreResult] = []
+    pending: list[ScoreResult] = []
     start = time.monotonic()
     # delay: short runs show no bar at all; long runs show images/s.
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=quiet, delay=1.0, dynamic_ncols=True,
                smoothing=0.1)
 
-    def write(batch: list[ScoreResult]) -> None:
-        writer.write_batch(batch, model=model_name, mode=mode, displays=[displays.get(r.image) for r in batch])
-        new_rows.extend(batch)
+    def write() -> None:
+        writer.write_batch(pending, model=model_name, mode=mode, displays=[displays.get(r.image) for r in pending])
+        new_rows.extend(pending)
+        pending.clear()
+
+    def add(result: ScoreResult) -> None:
+        pending.append(result)
+        bar.update(1)
+        if len(pending) >= batch_size:
+            write()
 
     interrupted = False
     try:
         with _sigterm_as_interrupt():
-            if unreadable:
-                write([ScoreResult.failed(item.key, f"{item.display}: {item.error}") for item in unreadable])
-                bar.update(len(unreadable))
-            batch: list[ScoreResult] = []
-            keys = [item.key for item in readable]
-            # iter_score yields a batch's results together; writing every batch_size results keeps
-            # one fsync per model batch.
-            for result in scorer.iter_score([item.path for item in readable], mode=mode, batch_size=batch_size,
-                                            names=keys, **options):
-                batch.append(result)
-                bar.update(1)
-                if len(batch) == batch_size:
-                    write(batch)
-                    batch = []
-            if batch:
-                write(batch)
+            for refused, run in itertools.groupby(todo, key=lambda item: item.error is not None):
+                group = list(run)
+                if refused:
+                    for item in group:
+                        add(ScoreResult.failed(item.key, f"{item.display}: {item.error}"))
+                    continue
+                # The model names results (and their errors) by the path as given; the row's
+                # image is the key. iter_score yields one result per input, in order.
+                results = scorer.iter_score([item.path for item in group], mode=mode, batch_size=batch_size,
+                                            names=[item.display for item in group], **options)
+                for item, result in zip(group, results):
+                    result.image = item.key
+                    add(result)
+            if pending:
+                write()
     except KeyboardInterrupt:
         interrupted = True
     finally:

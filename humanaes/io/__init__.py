@@ -41,7 +41,13 @@ from humanaes.io.discovery import (
     scan_folder,
     scan_folder_items,
 )
-from humanaes.io.keys import BYTES_KEY_PREFIX, clean_text, display_name, image_key, key_to_path
+from humanaes.io.keys import (
+    BYTES_KEY_PREFIX,
+    clean_text,
+    display_name,
+    image_key,
+    key_to_path,
+)
 from humanaes.io.rows import (
     BOOL_COLUMNS,
     COLUMNS,
@@ -62,8 +68,14 @@ from humanaes.io.rows import (
     nested_row,
     normalize_nested,
 )
-from humanaes.io.writers import (
+from humanaes.io.tables import (
     DIMENSION_SHORT,
+    display_path,
+    format_text_table,
+    render_results_table,
+    row_display,
+)
+from humanaes.io.writers import (
     EXTENSION_FORMATS,
     OUTPUT_FORMATS,
     CsvWriter,
@@ -74,15 +86,11 @@ from humanaes.io.writers import (
     TableWriter,
     Warn,
     check_output_path,
-    display_path,
-    format_text_table,
     journal_path,
     open_writer,
     parquet_schema,
     render_csv,
-    render_results_table,
     resolve_output_format,
-    row_display,
 )
 
 __all__ = [

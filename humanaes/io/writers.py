@@ -29,7 +29,6 @@ import abc
 import csv
 import io
 import json
-import math
 import os
 import stat
 import sys
@@ -43,11 +42,9 @@ from humanaes.io.discovery import special_file_kind
 from humanaes.io.rows import (
     BOOL_COLUMNS,
     COLUMNS,
-    DIMENSION_COLUMNS,
     FLOAT_COLUMNS,
     JSONL_KEYS,
     KNOWN_LAYOUTS,
-    SCORE_COLUMNS,
     Row,
     flat_from_nested,
     flat_row,
@@ -56,6 +53,7 @@ from humanaes.io.rows import (
     nested_row,
     normalize_nested,
 )
+from humanaes.io.tables import render_results_table
 from humanaes.schema import ScoreResult
 
 Warn = Callable[[str], None]
@@ -177,17 +175,23 @@ class _AppendFile:
     row (model not found, bad flags) leaves no empty output behind.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, follow_symlink: bool = True):
         self.path = path
         self._fh: IO[str] | None = None
         self._closed = False
+        self._nofollow = 0 if follow_symlink else getattr(os, "O_NOFOLLOW", 0)
 
     def append(self, text: str) -> None:
         if self._closed:
             raise ValueError(f"{self.path} is already closed")
         if self._fh is None:
             created = not self.path.exists()
-            self._fh = open(self.path, "a", encoding="utf-8", newline="")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | self._nofollow | getattr(os, "O_CLOEXEC", 0)
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as exc:
+                raise HumanAesError(f"{self.path}: cannot write it ({exc.strerror or exc})") from None
+            self._fh = open(fd, "a", encoding="utf-8", newline="")
             if created:
                 fsync_dir(self.path.parent)
         self._fh.write(text)
@@ -507,6 +511,10 @@ class ParquetWriter(ResultWriter):
         self.journal = journal_path(path)
         self._warn = warn
         check_output_path(self.journal, "--out journal")
+        if self.journal.is_symlink():
+            # a fixed name beside the output: never read or append through a planted link
+            raise HumanAesError(f"--out {path}: its journal {self.journal} is a symlink; remove it (humanaes never "
+                                "writes through one)")
         parquet_rows: list[Row] = []
         self._dirty = False  # the Parquet file must be rewritten on close
         if path.exists() and path.stat().st_size > 0:
@@ -519,7 +527,7 @@ class ParquetWriter(ResultWriter):
         rows = [*parquet_rows, *journaled]
         self.existing = latest_by_key(rows)
         self._dirty |= len(self.existing) < len(rows)
-        self._file: _AppendFile | None = _AppendFile(self.journal)
+        self._file: _AppendFile | None = _AppendFile(self.journal, follow_symlink=False)
 
     def _read_parquet(self, path: Path) -> list[Row]:
         try:
@@ -626,99 +634,3 @@ def open_writer(out: Path | None, fmt: str, *, warn: Warn = _stderr_warning, str
     if fmt == "parquet":
         return ParquetWriter(out, warn=warn)
     raise HumanAesError(f"unknown output format {fmt!r}")
-
-
-# -- text tables --------------------------------------------------------------------------------
-
-# Short headers so that all twelve dimensions fit a wide terminal.
-DIMENSION_SHORT: tuple[str, ...] = (
-    "f_bright",
-    "f_clarity",
-    "f_skin",
-    "f_struct",
-    "f_contour",
-    "facial",
-    "outfit",
-    "body",
-    "looks",
-    "environ",
-    "appear",
-    "compreh",
-)
-
-
-def format_text_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, right: Iterable[int] = ()) -> str:
-    """An aligned plain-text table; columns in `right` are right-aligned (numbers)."""
-    right = set(right)
-    widths = [len(h) for h in headers]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(parts).rstrip()
-
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in rows)
-    return "\n".join(out) + "\n"
-
-
-def display_path(image: str) -> str:
-    """Path relative to the working directory when it is below it (shorter tables)."""
-    try:
-        rel = os.path.relpath(image)
-    except ValueError:  # another drive on Windows
-        return image
-    return image if rel.startswith("..") else rel
-
-
-def row_display(row: Mapping[str, Any]) -> str:
-    """The name a row is shown by: its `display` (the path as given), else its key."""
-    return str(row.get("display") or row.get("image"))
-
-
-def _one_line(text: str) -> str:
-    # control characters (a newline in a file name) would break the table's alignment
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-
-
-def _fmt_score(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{float(value):.3f}"
-
-
-def render_results_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The terminal table of `humanaes score`: columns that have values, then annotations.
-
-    Images are shown by the path as the user gave it. A `person` column appears when some image
-    had no detectable person ("NO": its scores are not meaningful).
-    """
-    score_cols = [c for c in SCORE_COLUMNS[1:] if any(r.get(c) is not None for r in rows)]
-    dim_cols = list(DIMENSION_COLUMNS) if any(r.get(DIMENSION_COLUMNS[0]) is not None for r in rows) else []
-    has_error = any(r.get("error") for r in rows)
-    flag_person = any(r.get("person_found") is False for r in rows)
-    headers = ["image", "overall", "level"]
-    if flag_person:
-        headers.append("person")
-    first_score = len(headers)
-    headers += [*score_cols, *(DIMENSION_SHORT[DIMENSION_COLUMNS.index(c)] for c in dim_cols)]
-    numeric = {1} | set(range(first_score, len(headers)))
-    if has_error:
-        headers.append("error")
-    table_rows = []
-    for r in rows:
-        cells = [_one_line(row_display(r)), _fmt_score(r.get("overall")), r.get("level") or ""]
-        if flag_person:
-            cells.append({True: "yes", False: "NO"}.get(r.get("person_found"), ""))  # type: ignore[arg-type]
-        cells += [_fmt_score(r.get(c)) for c in score_cols + dim_cols]
-        if has_error:
-            cells.append(_one_line(str(r.get("error") or "")))
-        table_rows.append(cells)
-    text = format_text_table(headers, table_rows, right=numeric)
-    for r in rows:
-        if r.get("annotation"):
-            text += f"\n{_one_line(row_display(r))}:\n{r['annotation'].rstrip()}\n"
-    return text
-
