@@ -174,7 +174,10 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, kind: _Kind, from_
         expected += " (or null)"
 
     def bad() -> HumanAesError:
-        return HumanAesError(f"option {name!r} must be {expected}, got {value!r}")
+        shown = repr(value)
+        if len(shown) > 60:  # a request may send megabytes where a flag belongs: keep the message one short line
+            shown = shown[:57] + "..."
+        return HumanAesError(f"option {name!r} must be {expected}, got {shown}")
 
     if from_text and isinstance(value, str):
         try:

@@ -116,8 +116,6 @@ def load(
     image_block_suffix: str | None = None,
 ) -> Any:
     """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer."""
-    from humanaes.scoring import HumanAesScorer
-
     dev = resolve_device(device)
     path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
     if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
@@ -126,6 +124,8 @@ def load(
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
         scorer = load_bundled(str(dev), path=folder, dtype=dtype)
     else:
+        from humanaes.scoring import HumanAesScorer  # imports transformers: only for HumanAesExpert models
+
         assert path is not None
         model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
         if image_block_suffix is not None:

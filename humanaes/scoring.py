@@ -45,8 +45,13 @@ DEFAULT_MAX_NEW_TOKENS = 200
 class ExpertOptions(ScoreOptions):
     """Options of HumanAesExpert scorers."""
 
-    max_tiles: int | None = option(None, "Most 448-pixel tiles per image (null: the model's own, 12 for the release).", minimum=1)
-    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1)
+    # Upper bounds keep one request from holding the model for minutes (a batch, once started, runs to the end).
+    max_tiles: int | None = option(
+        None, "Most 448-pixel tiles per image (null: the model's own, 12 for the release).", minimum=1, maximum=64
+    )
+    max_new_tokens: int = option(
+        DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1, maximum=2048
+    )
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

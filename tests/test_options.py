@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import json
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -80,7 +81,7 @@ def test_expert_options_and_json_schema() -> None:
     schema = options_json_schema(ExpertOptions, client_only=True)
     assert schema["additionalProperties"] is False
     assert schema["properties"]["max_tiles"] == {
-        "type": ["integer", "null"], "default": None, "minimum": 1,
+        "type": ["integer", "null"], "default": None, "minimum": 1, "maximum": 64,
         "description": schema["properties"]["max_tiles"]["description"],
     }
     assert schema["properties"]["max_new_tokens"]["type"] == "integer"
@@ -131,10 +132,11 @@ def test_iter_score_checks_options_at_the_call(bundled: BundledScorer) -> None:
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"max_tiles": 0}, "'max_tiles' must be an integer >= 1 (or null), got 0"),
+        ({"max_tiles": 0}, "'max_tiles' must be an integer >= 1 and <= 64 (or null), got 0"),
+        ({"max_new_tokens": 10**9}, "'max_new_tokens' must be an integer >= 1 and <= 2048, got 1000000000"),
         ({"max_tiles": True}, "'max_tiles' must be an integer"),  # a bool is not a tile count
         ({"max_tiles": 2.5}, "'max_tiles' must be an integer"),
-        ({"max_new_tokens": None}, "'max_new_tokens' must be an integer >= 1, got None"),
+        ({"max_new_tokens": None}, "'max_new_tokens' must be an integer >= 1 and <= 2048, got None"),
         ({"max_new_tokens": "many"}, "'max_new_tokens' must be an integer"),
         ({"apply_exif": "no"}, "'apply_exif' must be true or false, got 'no'"),  # text only from forms
     ],
@@ -144,12 +146,18 @@ def test_ill_typed_options(values: dict[str, Any], message: str) -> None:
         parse_options(ExpertOptions, values)
 
 
+def test_huge_bad_value_gives_a_short_message() -> None:
+    with pytest.raises(HumanAesError) as info:
+        parse_options(MiniOptions, {"use_face": "x" * 1_000_000})
+    assert len(str(info.value)) < 150 and str(info.value).endswith("...")
+
+
 def test_text_values_from_forms() -> None:
     opts = parse_options(ExpertOptions, {"max_tiles": "6", "apply_exif": "false", "max_new_tokens": "12"}, from_text=True)
     assert (opts.max_tiles, opts.apply_exif, opts.max_new_tokens) == (6, False, 12)
     assert parse_options(ExpertOptions, {"max_tiles": "null"}, from_text=True).max_tiles is None
     assert parse_options(MiniOptions, {"tta_flip": "TRUE"}, from_text=True).tta_flip is True
-    with pytest.raises(HumanAesError, match="'max_tiles' must be an integer >= 1"):
+    with pytest.raises(HumanAesError, match="'max_tiles' must be an integer >= 1 and <= 64"):
         parse_options(ExpertOptions, {"max_tiles": "six"}, from_text=True)
     with pytest.raises(HumanAesError, match="'max_pixels' not available"):
         parse_options(MiniOptions, {"max_pixels": "1"}, from_text=True, client_only=True)
@@ -200,3 +208,22 @@ def test_bundled_model_options_reach_the_model(bundled: BundledScorer, tmp_path)
     with_face, without = bundled.score([path, path], use_face=True), bundled.score(path, use_face=False)
     assert with_face[0].person_found is True and with_face[0].overall == pytest.approx(with_face[1].overall, abs=1e-6)
     assert without[0].person_found is False and without[0].overall != with_face[0].overall
+
+
+def test_bundled_scoring_imports_no_transformers_or_web_stack() -> None:
+    """The bundled model (and the service's batcher) load without transformers/PEFT: the service
+    is ready in about a second instead of after importing a language-model stack."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, humanaes, humanaes.serve.batcher\n"
+        "humanaes.load(dtype='float32').score('examples/grace_hopper.jpg')\n"
+        "print(sorted(m for m in ('transformers', 'peft', 'accelerate', 'fastapi') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

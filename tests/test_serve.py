@@ -585,3 +585,82 @@ def test_web_page_in_a_real_browser(bundled: BundledScorer, tmp_path: Path) -> N
                     assert browser.save_screenshot(str(target))
         finally:
             browser.quit()
+
+
+@pytest.mark.slow  # two worker processes each load the model
+def test_two_workers_share_one_metrics_view(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "humanaes.cli", "serve", "--port", str(port), "--threads", "1", "--workers", "2",
+         "--log-level", "warning"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while ready < 10 and time.monotonic() < deadline:  # both workers answer readyz (connections alternate)
+            try:
+                ready = ready + 1 if httpx.get(f"{url}/readyz").status_code == 200 else 0
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        photo = files(("a.jpg", jpeg(1)))
+        statuses = [httpx.post(f"{url}/v1/score", files=photo).status_code for _ in range(6)]
+        text = httpx.get(f"{url}/metrics").text
+        assert statuses == [200] * 6
+        assert 'humanaes_images_scored_total{outcome="ok"} 6.0' in text  # summed over the workers
+        assert "humanaes_images_scored_created" not in text  # read from the multiprocess files, not one registry
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def test_cors_origin_allows_only_that_origin(bundled: BundledScorer) -> None:
+    with serve(bundled, cors_origins=("https://app.example.org",)) as url:
+        headers = {"Origin": "https://app.example.org", "Access-Control-Request-Method": "POST"}
+        allowed = httpx.options(f"{url}/v1/score", headers=headers)
+        other = httpx.options(f"{url}/v1/score", headers={**headers, "Origin": "https://evil.example"})
+    assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example.org"
+    assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-batch", "0"], "--max-batch must be at least 1, got 0"),
+        (["--timeout-s", "0"], "--timeout-s must be more than 0"),
+        (["--api-keys-file", "/nonexistent/keys"], "--api-keys-file /nonexistent/keys: cannot read it"),
+    ],
+)
+def test_serve_command_rejects_bad_flags_before_starting(args: list[str], message: str) -> None:
+    from click.testing import CliRunner
+
+    from humanaes.cli import main
+
+    result = CliRunner().invoke(main, ["serve", *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {lines[0].removeprefix('error: ')}"] and message in lines[0]
+
+
+def test_a_humanaesexpert_model_over_http() -> None:
+    """The other model family through the same service: its modes, typed options, dimensions."""
+    import humanaes
+
+    scorer = humanaes.load("humanaes-tiny", device="cpu", dtype="float32")  # random weights, real architecture
+    photo = jpeg(3, (500, 300))
+    want = scorer.score(photo, mode="metavoter", max_tiles=2)[0]
+    with serve(scorer) as url:
+        info = httpx.get(f"{url}/v1/models").json()["models"][0]
+        r = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"mode": "metavoter", "max_tiles": "2"})
+        too_many = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"max_tiles": "100"})
+    assert [o["name"] for o in info["options"]] == ["apply_exif", "max_tiles", "max_new_tokens"]
+    assert len(info["dimensions"]) == 12 and info["annotation"] is True and "metavoter" in info["modes"]
+    assert r.status_code == 200, r.text
+    got = r.json()["results"][0]
+    assert got["overall"] == pytest.approx(want.overall, abs=1e-5)
+    assert got["expert"] == pytest.approx(want.expert, abs=1e-5) and len(got["expert"]) == 12
+    assert got["level_probs"] == pytest.approx(want.level_probs, abs=1e-5)
+    assert too_many.status_code == 422 and "'max_tiles' must be an integer >= 1 and <= 64" in too_many.json()["detail"]
