@@ -45,6 +45,16 @@ GOLDEN_ASIAN_13 = 0.5751696825027466
 # -- fixtures -----------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Any:
+    # --threads 1 sets PyTorch's process-wide thread count; later tests expect the conftest's.
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def scorer_cache() -> dict[tuple, Any]:
     return {}
@@ -383,8 +393,12 @@ def ray_job_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     manifest = root / "extra.txt"
     manifest.write_text(f"{root / 'imgs' / 'missing.jpg'}\n", encoding="utf-8")
     reference = root / "local"
+    import torch
+
+    threads = torch.get_num_threads()
     run_batch(BatchConfig(inputs=[str(root / "imgs"), str(manifest)], out=reference, dtype="float32", threads=1,
                           batch_size=16, quiet=True))
+    torch.set_num_threads(threads)  # --threads 1 is process-wide; later tests expect the conftest's count
     return root, _rows_by_id(reference)
 
 
