@@ -226,10 +226,16 @@ def test_report_counts_histograms_and_contact_sheets(built):
 
 @pytest.fixture(scope="module")
 def scenes_only(sources):
-    """The spec with only the Scenes source (generated pictures + one copied photo): cheap to probe."""
-    spec, _ = sources
+    """The spec with only the Scenes source (generated pictures + two photos, so that train and test
+    each get one row at test_ratio 0.5): cheap to probe."""
+    spec, facts = sources
+    scenes = facts["root"] / "scenes"
+    first_photo = next(iter(facts["raw"]))  # not the photo copied into Scenes (chosen[6])
+    shutil.copyfile(facts["root"] / "mebeauty" / "photos" / first_photo, scenes / "second_photo.jpg")
+    rows = (scenes / "scores.jsonl").read_text(encoding="utf-8") + json.dumps({"file": "second_photo.jpg", "stars": 4}) + "\n"
+    (scenes / "scores-only.jsonl").write_text(rows, encoding="utf-8")
     small = spec.with_name("scenes-only.yaml")
-    text = spec.read_text()
+    text = spec.read_text().replace("test_ratio: 0.1", "test_ratio: 0.5").replace("scenes/scores.jsonl", "scenes/scores-only.jsonl")
     small.write_text(text[: text.index("  - name: MEBeauty")] + text[text.index("  - name: Scenes") :])
     return small
 
@@ -240,7 +246,8 @@ def test_build_is_deterministic_and_resumes_without_reprobing(scenes_only, tmp_p
     from humanaes.databuild import probe
 
     first = build_dataset(scenes_only, tmp_path / "first", workers=1)
-    assert first.report["totals"]["kept"] == 1  # the copied photo; the rest has no human
+    assert first.report["totals"]["kept"] == 2  # the two photos; the rest has no human
+    assert (first.report["totals"]["train"], first.report["totals"]["test"]) == (1, 1)
     out = tmp_path / "again"
     calls: list[Path] = []
     real = probe.Prober.probe
@@ -262,7 +269,7 @@ def test_build_is_deterministic_and_resumes_without_reprobing(scenes_only, tmp_p
     calls.clear()
     monkeypatch.setattr(probe.Prober, "probe", lambda self, path: (calls.append(path), real(self, path))[1])
     result = build_dataset(scenes_only, out, workers=1)
-    total = NONHUMAN + 1
+    total = NONHUMAN + 2
     assert len(calls) == total - 5 and result.reused == 5 and result.probed == total - 5
     assert not work_dir_for(out).exists()  # removed once published
     for name in ("train_label.jsonl", "test_label.jsonl", "HumanBeauty-58K/label.jsonl", "dropped.jsonl",
@@ -275,7 +282,7 @@ def test_parallel_workers_give_the_same_output(scenes_only, tmp_path):
     """The spawn pool (2 worker processes) against the in-process path."""
     a = build_dataset(scenes_only, tmp_path / "a", workers=1)
     build_dataset(scenes_only, tmp_path / "b", workers=2)
-    assert a.report["totals"]["kept"] == 1
+    assert a.report["totals"]["kept"] == 2
     for name in ("train_label.jsonl", "test_label.jsonl", "dropped.jsonl", "build_report.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -285,7 +292,8 @@ def test_parallel_workers_give_the_same_output(scenes_only, tmp_path):
 
 @pytest.fixture
 def tiny(tmp_path):
-    """A source of 4 generated pictures with every image filter off (no detectors: fast)."""
+    """A source of 4 generated pictures with every image filter off (no detectors: fast), split
+    half and half (test_ratio 0.5) so that both train and test get rows."""
     folder = tmp_path / "src"
     folder.mkdir()
     for k, (name, picture) in enumerate(nonhuman_images(4, seed=11)):
@@ -295,7 +303,7 @@ def tiny(tmp_path):
     def make(source_extra: str = "", filters: str = "  human: false\n  dedup: false\n", table: str = "src/t.csv") -> Path:
         spec = tmp_path / "spec.yaml"
         spec.write_text(
-            f"sources:\n  - name: Tiny\n    table: {table}\n    range: [0, 10]\n{source_extra}filters:\n{filters}", encoding="utf-8"
+            f"test_ratio: 0.5\nsources:\n  - name: Tiny\n    table: {table}\n    range: [0, 10]\n{source_extra}filters:\n{filters}", encoding="utf-8"
         )
         return spec
 
@@ -378,6 +386,31 @@ def test_a_failure_while_writing_publishes_nothing(tiny, tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o")] == []
 
 
+def test_a_split_with_an_empty_side_is_refused_before_anything_is_written(tiny, tmp_path, monkeypatch):
+    """4 kept rows at test_ratio 0.1 give round(0.4) = 0 test rows (0.9: 0 train rows): the build
+    says so in the spec's terms, per source, before linking a single image."""
+    from humanaes.databuild import build as B
+
+    linked: list[Path] = []
+    real_link = B._link_or_copy
+    monkeypatch.setattr(B, "_link_or_copy", lambda original, target, *rest: (linked.append(target), real_link(original, target, *rest))[1])
+    spec = tiny()
+    out = tmp_path / "o"
+    spec.write_text(spec.read_text().replace("test_ratio: 0.5", "test_ratio: 0.1"))
+    assert _error(spec, out) == (
+        "error: test_ratio 0.1 leaves the test split empty: each source puts round(kept x test_ratio) rows in test, "
+        "and the rows kept per source are Tiny: 4; raise test_ratio in the spec or keep more rows "
+        "(more sources or rows, looser filters); nothing published"
+    )
+    spec.write_text(spec.read_text().replace("test_ratio: 0.1", "test_ratio: 0.9"))
+    message = _error(spec, out)
+    assert "test_ratio 0.9 leaves the train split empty" in message and "lower test_ratio in the spec" in message
+    spec.write_text(spec.read_text().replace("test_ratio: 0.9", "test_ratio: 0.5").replace("human: false", "min_resolution: {min_side: 4000}\n  human: false"))
+    assert "all 4 rows were dropped (too small: 4); nothing published" in _error(spec, out)
+    assert linked == [] and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".o")] == []
+
+
 def test_a_build_in_progress_holds_the_output_lock(tiny, tmp_path):
     with OutputLock(tmp_path / "o"):
         with pytest.raises(HumanAesError, match="is being written by process"):
@@ -398,7 +431,7 @@ def test_copy_mode_copies_and_filters_record_their_reasons(tiny, tmp_path):
     assert drops[("Tiny", "missing.png")]["reason"] == "missing image"
     assert drops[("Tiny", "noise_1.png")]["reason"] == "exact duplicate"
     assert "listed again" in drops[("Tiny", "noise_1.png")]["detail"]
-    assert result.report["totals"] == {"rows_in": 8, "kept": 4, "train": 4, "test": 0, "dropped": 4}
+    assert result.report["totals"] == {"rows_in": 8, "kept": 4, "train": 2, "test": 2, "dropped": 4}
     images = list((tmp_path / "o" / "HumanBeauty-58K" / "images").iterdir())
     assert len(images) == 4 and not any(p.is_symlink() for p in images)
 
@@ -417,7 +450,7 @@ def test_cli_build_prints_a_summary_and_the_result_validates(tiny, tmp_path):
     result = CliRunner().invoke(main, ["data", "build", str(tiny()), "--out", str(out), "-j", "1", "-q"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == (
-        f"built {out}: 4 of 4 rows kept (4 train, 0 test); dropped 0 (none); report {out / 'build_report.md'}"
+        f"built {out}: 4 of 4 rows kept (2 train, 2 test); dropped 0 (none); report {out / 'build_report.md'}"
     )
     validated = CliRunner().invoke(main, ["data", "validate", str(out)])
     assert validated.exit_code == 0 and "0 problems, 0 warnings" in validated.output
@@ -435,11 +468,13 @@ def test_max_faces_drops_a_picture_with_two_faces(data_dir, tmp_path):
     pair.paste(faces[1], (faces[0].width, 0))
     pair.save(folder / "two.jpg", quality=90)
     shutil.copyfile(photos[0], folder / "one.jpg")
-    _write_csv(folder / "t.csv", "image,score", ["two.jpg,3", "one.jpg,4"])
+    shutil.copyfile(photos[1], folder / "other.jpg")  # two kept rows: one for train, one for test
+    _write_csv(folder / "t.csv", "image,score", ["two.jpg,3", "one.jpg,4", "other.jpg,2"])
     spec = tmp_path / "spec.yaml"
-    spec.write_text("sources:\n  - {name: Pairs, table: src/t.csv, range: [1, 5]}\nfilters:\n  max_faces: 1\n  dedup: false\n")
-    build_dataset(spec, tmp_path / "o", workers=1)
+    spec.write_text("test_ratio: 0.5\nsources:\n  - {name: Pairs, table: src/t.csv, range: [1, 5]}\nfilters:\n  max_faces: 1\n  dedup: false\n")
+    result = build_dataset(spec, tmp_path / "o", workers=1)
     drops = _drops(tmp_path / "o")
+    assert result.report["totals"]["kept"] == 2
     assert drops == {("Pairs", "two.jpg"): {"source": "Pairs", "image": "two.jpg", "line": 2, "reason": "too many faces", "detail": "2 faces"}}
 
 

@@ -27,6 +27,14 @@ def _group_seed(seed: int, *parts: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def rows_in_test(n_rows: int, test_ratio: float) -> int:
+    """How many of a (subset, source) group's `n_rows` rows go to test: round(n_rows * test_ratio).
+
+    Shared with `humanaes data build`, which checks before writing anything that the split it is
+    about to ask for leaves rows on both sides.
+    """
+    return int(round(n_rows * test_ratio))
+
 
 def split_dataset(
     root: str | os.PathLike, *, test_ratio: float = 0.1, seed: int = 0, force: bool = False
@@ -72,7 +80,7 @@ def split_dataset(
         rows = sorted(rows, key=lambda r: r[1]["image_name"])
         rng = np.random.default_rng(_group_seed(seed, subset, source))
         perm = rng.permutation(len(rows))
-        n_test = int(round(len(rows) * test_ratio))
+        n_test = rows_in_test(len(rows), test_ratio)
         test_idx = set(perm[:n_test].tolist())
         for i, row in enumerate(rows):
             chosen["test" if i in test_idx else "train"].append(row)

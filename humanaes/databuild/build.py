@@ -363,6 +363,40 @@ def _source_report(table: SourceTable, items: list[_Item], splits: dict[str, str
     }
 
 
+def _remove(path: Path) -> None:
+    """Remove a folder tree or a file (never following a symlink); absent is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _check_split_sizes(items: list[_Item], tables: list[SourceTable], test_ratio: float) -> None:
+    """Refuse, before anything is written, a build whose split would leave train or test empty.
+
+    `data split` refuses such a split too (an empty label file labels nothing), but worded for its
+    `--test-ratio` flag; here the user can act on the spec's `test_ratio` and on what was kept.
+    """
+    kept = Counter(i.row.source for i in items if i.reason is None)
+    if not kept:
+        reasons = Counter(i.reason for i in items)
+        raise DataError(
+            f"all {len(items)} rows were dropped ({', '.join(f'{r}: {n}' for r, n in reasons.items())}); nothing published"
+        )
+    from humanaes.data.split import rows_in_test
+
+    n_test = sum(rows_in_test(n, test_ratio) for n in kept.values())
+    empty = [name for name, n in (("train", sum(kept.values()) - n_test), ("test", n_test)) if n == 0]
+    if empty:
+        per_source = ", ".join(f"{t.spec.name}: {kept.get(t.spec.name, 0)}" for t in tables)
+        raise DataError(
+            f"test_ratio {test_ratio} leaves the {' and '.join(empty)} split empty: each source puts "
+            f"round(kept x test_ratio) rows in test, and the rows kept per source are {per_source}; "
+            f"{'raise' if empty == ['test'] else 'lower'} test_ratio in the spec or keep more rows "
+            "(more sources or rows, looser filters); nothing published"
+        )
+
+
 def build_dataset(
     spec_path: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -407,10 +441,12 @@ def build_dataset(
             item.facts = facts[item.row.path]
         _apply_filters(items, spec.filters)
         _deduplicate(items, spec.filters)
+        _check_split_sizes(items, tables, spec.test_ratio)
 
         # Under the lock no other build writes here: staging folders left by killed runs can go.
+        # (`.lock` files too: split_dataset locks the staging folder through `<staging>.lock`.)
         for stale in out.parent.glob(f".{out.name}.staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove(stale)
         staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
         try:
             images = staging / BUILD_SUBSET / "images"
@@ -437,11 +473,6 @@ def build_dataset(
                 if table.spec.licence:
                     row["licence"] = table.spec.licence
                 rows.append(row)
-            if not rows:
-                counts = Counter(i.reason for i in items)
-                raise DataError(
-                    f"all {len(items)} rows were dropped ({', '.join(f'{r}: {n}' for r, n in counts.items())}); nothing published"
-                )
             _write_json_lines(staging / BUILD_SUBSET / D.SUBSET_LABEL, rows)
             D.split_dataset(staging, test_ratio=spec.test_ratio, seed=spec.seed)
             splits = {}
@@ -492,8 +523,8 @@ def build_dataset(
                 raise DataError(f"the built data set does not validate ({check.problems[0]}); nothing published")
             publish_dir(staging, out)
         finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
+            _remove(staging)
+            _remove(staging.with_name(staging.name + ".lock"))  # left by split_dataset's lock
         shutil.rmtree(work, ignore_errors=True)  # complete: the probe cache is no longer needed
     say(f"published {out}: {len(rows)} images kept of {len(items)} rows ({len(drops)} dropped)")
     return BuildResult(out=out, report=report, probed=probed, reused=reused)
