@@ -9,13 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import socket
 import struct
 import sys
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +23,11 @@ from PIL import Image
 import humanaes
 from humanaes import io as hio
 from humanaes.cli import main
+from test_hostile_inputs import deadline
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system semantics")]
 
 RUN_SECONDS = 180  # generous for a busy 2-core machine; a blocked read never ends
-
-
-@contextmanager
-def deadline(seconds: int) -> Iterator[None]:
-    def expired(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"the run did not end within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _png_with_size(width: int, height: int) -> bytes:
