@@ -316,5 +316,6 @@ def test_golden_tolerance_is_far_below_a_bgr_feed():
     swapped = [Image.merge("RGB", Image.open(EXAMPLES / n).convert("RGB").split()[::-1]) for n in names]
     for name, r in zip(names, scorer.score(swapped)):
         assert r.error is None
-        assert abs(r.overall - GOLDEN_BUNDLED[name][0]) > 1e-3, name
+        # measured: 0.063 (astronaut, whose face the detector then misses) and 0.043 (grace_hopper)
+        assert abs(r.overall - GOLDEN_BUNDLED[name][0]) > 0.02, name
 
