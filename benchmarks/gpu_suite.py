@@ -154,7 +154,7 @@ def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
                     row.update(_time(fn, device, sync, 1, quick))
                     log(f"  {preset} reference {mode:<9} max_tiles {m:>2} batch  1: " + _describe(row))
                 block["rows"].append(row)
-        del scorer, flow, model
+        scorer = flow = model = None  # drop the references before freeing device memory
         _free(device)
 
     # -- summary keys (same names as the cpu suite) ------------------------------------------------

@@ -73,7 +73,7 @@ def load_official_fp32(folder: Path) -> tuple[Any, Any, dict[str, float]]:
     expected = {k: v.shape for k, v in model.state_dict().items()}
     state = convert_state_dict(lambda: iter(list(state.items())), config, expected)  # key names only
     missing, unexpected = model.load_state_dict(state, strict=False)
-    del state
+    state = {}  # drop the tensors (assigned, not `del`: the lambda above names `state`)
     times["load_state_dict_s"] = time.perf_counter() - t2
     if unexpected or [k for k in missing if not k.startswith("metavoter.")]:
         raise RuntimeError(f"official-style load: missing {missing[:5]} unexpected {unexpected[:5]}")

@@ -3,7 +3,6 @@ tiny tokenizer of random-init presets."""
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Any

@@ -70,10 +70,10 @@ def test_qa_samples_are_exact(tiny, rows):
     ):
         text = tokenizer.decode(item["input_ids"])
         assert any(q in text for q in questions)
-        answer_ids = [t for t, l in zip(item["input_ids"], item["labels"]) if l != IGNORE_INDEX]
+        answer_ids = [t for t, label in zip(item["input_ids"], item["labels"]) if label != IGNORE_INDEX]
         decoded = tokenizer.decode(answer_ids)
         assert decoded.endswith("<|im_end|>") and answer in decoded
-        first_label = next(i for i, l in enumerate(item["labels"]) if l != IGNORE_INDEX)
+        first_label = next(i for i, label in enumerate(item["labels"]) if label != IGNORE_INDEX)
         assert item["pool_index"] == first_label - 1  # the last prompt token
         assert tokenizer.decode(item["input_ids"][item["pool_index"]]) == "\n"  # after `assistant`
     assert "1. Facial Brightness : bad" in tokenizer.decode(expert["input_ids"])

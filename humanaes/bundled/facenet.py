@@ -231,7 +231,7 @@ class _Reader:
 def _expected_layers() -> list[tuple]:
     """dlib's layers from the input out, as (kind, *parameters, state-dict prefix)."""
     layers: list[tuple] = [("con", 32, 7, 2, "conv1"), ("affine", "aff1"), ("relu",), ("max_pool", 3, 2)]
-    i, cin = 0, 32
+    i = 0
     for cout, n, down in _STAGES:
         for j in range(n):
             d = down and j == 0
@@ -240,7 +240,7 @@ def _expected_layers() -> list[tuple]:
                        ("con", cout, 3, 1, p + "conv2"), ("affine", p + "aff2")]
             layers += [("tag",), ("skip",), ("avg_pool", 2, 2)] if d else []
             layers += [("add_prev",), ("relu",)]
-            i, cin = i + 1, cout
+            i += 1
     return layers + [("avg_pool", 0, 1), ("fc", EMBED_DIM, "fc")]
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from humanaes.errors import CheckpointError, ConfigError
 from humanaes.runtime import autocast_to
-from humanaes.schema import APPEARANCE_LEAVES, ENVIRONMENT, FACE_LEAVES, NUM_DIMENSIONS, OVERALL
+from humanaes.schema import APPEARANCE_LEAVES, FACE_LEAVES, OVERALL
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
