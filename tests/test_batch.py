@@ -214,6 +214,22 @@ def test_actors_only_run_the_forward_when_stage_two_ran(tmp_path: Path, images: 
     assert [rows[i.id]["overall"] for i in items] == [r.overall for r in api]
 
 
+def test_the_cpu_stage_gets_the_options_the_actor_scores_with(tmp_path: Path, cached_load: list) -> None:
+    """-o use_face=false / --no-exif reach the CPU tasks typed exactly as the actor parses them."""
+    from humanaes.distributed.runner import job_spec, preprocess_kwargs, scorer_kwargs
+
+    typed = []
+    for options in ({}, {"use_face": "false", "apply_exif": False}, {"tta_flip": "true"}):
+        config = _config([tmp_path], tmp_path / "job", engine="ray", options=options)
+        kwargs = scorer_kwargs(config, job_spec(config))
+        stage = preprocess_kwargs(config, kwargs)
+        assert stage is not None
+        assert stage["options"] == humanaes.load(None, dtype="float32").parse_options(**kwargs["options"])
+        typed.append(stage["options"])
+    assert typed[0].use_face is True and typed[0].apply_exif is True  # the defaults of humanaes.load
+    assert typed[1].use_face is False and typed[1].apply_exif is False and typed[2].tta_flip is True
+
+
 def test_a_scorer_with_its_own_hooks_prepares_in_the_actor(tmp_path: Path, images: Path, cached_load: list,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """No preprocessor apart from the scorer (a subclass's own prepare): the job still runs,
