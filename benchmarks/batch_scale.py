@@ -56,7 +56,7 @@ def input_images(folder: Path, count: int) -> list[Path]:
 
 def time_engine(engine: str, table: object, args: argparse.Namespace) -> dict[str, float]:
     """One run of an engine over `table`; figures from the arrival times of result batches."""
-    from humanaes.distributed.runner import BatchConfig, run_local
+    from humanaes.distributed.runner import BatchConfig, preprocess_kwargs, run_local
     from humanaes.distributed.stages import BatchScorer  # noqa: F401 - imported before the clock starts
 
     config = BatchConfig(inputs=[], out=Path("unused"), engine=engine, batch_size=args.batch_size,
@@ -75,7 +75,7 @@ def time_engine(engine: str, table: object, args: argparse.Namespace) -> dict[st
     else:
         from humanaes.distributed.ray_engine import run_ray
 
-        run_ray(table, kwargs, config=config, on_result=on_result)
+        run_ray(table, kwargs, preprocess_kwargs(config, kwargs), config=config, on_result=on_result)
     rows = sum(n for _, n in arrivals)
     first_time, first_rows = arrivals[0]
     steady_s = arrivals[-1][0] - first_time

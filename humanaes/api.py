@@ -17,7 +17,7 @@ from PIL import Image
 from humanaes.errors import HumanAesError, ImageLoadError
 from humanaes.hints import hint
 from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
-from humanaes.preprocessing import ImageSource, load_image, source_name
+from humanaes.preprocessing import ImageSource, Preprocessor, load_image, source_name
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 logger = logging.getLogger(__name__)
@@ -130,24 +130,43 @@ class BaseScorer(abc.ABC):
         """What `humanaes models` prints about this scorer."""
         return {"name": self.name, "modes": list(self.supported_modes)}
 
+    def preprocessor(self) -> Preprocessor | None:
+        """This scorer's decoding + preparation as a picklable object without the model's
+        weights (see `humanaes.preprocessing.Preprocessor`), or None when the family's
+        `decode` / `prepare` hooks must run with the scorer itself (then `humanaes batch` runs
+        them in its model actors). Families return one only while those hooks are their own."""
+        return None
+
+    def prepare_source(self, source: ImageSource, name: str, options: ScoreOptions) -> Any:
+        """Decode + prepare one source exactly as `score()` does (typed `options`); raises
+        ImageLoadError / HumanAesError for a bad item."""
+        preprocessor = self.preprocessor()
+        if preprocessor is not None:
+            return preprocessor(source, name, options)
+        return self.prepare(self.decode(source, name, options), **model_options(options))
+
+    def score_prepared_batch(
+        self, prepared: list[Any], names: list[str], *, mode: str | None = None, **options: Any
+    ) -> list[ScoreResult]:
+        """Score inputs prepared elsewhere (by `preprocessor()`, e.g. in other processes): one
+        result per input, in order. A batch whose forward fails is retried item by item, so only
+        the offending item becomes an error result, as in `score()`."""
+        if len(prepared) != len(names):
+            raise HumanAesError(f"{len(prepared)} prepared inputs but {len(names)} names")
+        mode = self.check_mode(mode)
+        typed = self.parse_options(**options)
+        if not prepared:
+            return []
+        return self._score_ready([(i, n, p) for i, (n, p) in enumerate(zip(names, prepared))], mode, model_options(typed))
+
     # -- driver ---------------------------------------------------------------------------
 
     def _run_batch(
         self, batch: list[tuple[str, ImageSource]], mode: str, typed: ScoreOptions
     ) -> list[ScoreResult]:
-        options = model_options(typed)  # what the family's hooks take as keywords
-        results: list[ScoreResult | None] = [None] * len(batch)
-        ready: list[tuple[int, str, Any]] = []
-        for i, (name, source) in enumerate(batch):
-            try:
-                image = self.decode(source, name, typed)
-                ready.append((i, name, self.prepare(image, **options)))
-            except ImageLoadError as exc:
-                results[i] = ScoreResult.failed(name, str(exc))
-            except HumanAesError as exc:
-                results[i] = ScoreResult.failed(name, f"{name}: {exc}")
+        results, ready = prepare_items(self.prepare_source, batch, typed)
         if ready:
-            for (i, _, _), result in zip(ready, self._score_ready(ready, mode, options)):
+            for (i, _, _), result in zip(ready, self._score_ready(ready, mode, model_options(typed))):
                 results[i] = result
         return [r for r in results if r is not None]
 
@@ -170,3 +189,22 @@ class BaseScorer(abc.ABC):
             for item in ready:
                 out.extend(self._score_ready([item], mode, options))
             return out
+
+
+def prepare_items(
+    prepare: Any, batch: list[tuple[str, ImageSource]], options: ScoreOptions
+) -> tuple[list[ScoreResult | None], list[tuple[int, str, Any]]]:
+    """Run `prepare(source, name, options)` (a Preprocessor or `BaseScorer.prepare_source`) on
+    each (name, source): error results for the items it refuses, (index, name, prepared) for the
+    rest. The one place that turns a bad item into its error message, in process and in the
+    CPU tasks of `humanaes batch` alike."""
+    results: list[ScoreResult | None] = [None] * len(batch)
+    ready: list[tuple[int, str, Any]] = []
+    for i, (name, source) in enumerate(batch):
+        try:
+            ready.append((i, name, prepare(source, name, options)))
+        except ImageLoadError as exc:
+            results[i] = ScoreResult.failed(name, str(exc))
+        except HumanAesError as exc:
+            results[i] = ScoreResult.failed(name, f"{name}: {exc}")
+    return results, ready

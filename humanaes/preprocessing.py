@@ -208,6 +208,46 @@ def preprocess_image(
     return normalize_tiles(tiles, dtype=dtype)
 
 
+class Preprocessor:
+    """Decoding + preparation of one image for one model family, apart from the model.
+
+    It holds only what those two steps need (tiling settings, a small face detector), never the
+    model's weights, and pickles: `humanaes batch --engine ray` runs it in CPU tasks and sends
+    the prepared inputs to the model actors, and `BaseScorer.score` runs the very same object in
+    process, so both give identical inputs. `__call__` returns the family's prepared input
+    (tensors) or raises ImageLoadError / HumanAesError naming the cause.
+    """
+
+    def __call__(self, source: ImageSource, name: str, options: Any) -> Any:
+        """`options`: the scorer's typed ScoreOptions (apply_exif, max_pixels, the family's own)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class TilePreprocessor(Preprocessor):
+    """HumanAesExpert's preparation: decode, then InternVL2 dynamic tiling + normalisation."""
+
+    max_tiles: int = 12
+    min_tiles: int = 1
+    tile_size: int = TILE_SIZE
+    use_thumbnail: bool = True
+
+    @classmethod
+    def from_config(cls, config: Any) -> "TilePreprocessor":
+        """From a HumanAesConfig (or anything with its tiling attributes)."""
+        return cls(max_tiles=config.max_tiles, min_tiles=config.min_tiles, tile_size=config.image_size,
+                   use_thumbnail=config.use_thumbnail)
+
+    def prepare(self, image: Image.Image, max_tiles: int | None = None) -> torch.Tensor:
+        """A decoded RGB image -> normalised tiles [N, 3, tile, tile] (`max_tiles` None: the model's)."""
+        return preprocess_image(image, max_tiles=max_tiles or self.max_tiles, min_tiles=self.min_tiles,
+                                tile_size=self.tile_size, use_thumbnail=self.use_thumbnail)
+
+    def __call__(self, source: ImageSource, name: str, options: Any) -> torch.Tensor:
+        image = load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
+        return self.prepare(image, getattr(options, "max_tiles", None))
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding
 # --------------------------------------------------------------------------------------------

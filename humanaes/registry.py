@@ -149,6 +149,46 @@ def load(
     return scorer
 
 
+def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
+    """The decoding + preparation of model `name_or_path` (a `humanaes.preprocessing.Preprocessor`)
+    without its heavy weights, or None when that needs the loaded model.
+
+    humanaes-mini: built from the packaged model (it loads in about a second; only its face
+    detector goes into the result). HumanAesExpert: the tiling settings, read from a preset or
+    a local folder's config.json alone. A hub id not yet in a local folder gives None (the
+    caller prepares with the loaded scorer instead)."""
+    path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
+    if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
+        from humanaes.bundled import load_bundled
+
+        folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
+        return load_bundled("cpu", path=folder, dtype="float32").preprocessor()
+    from humanaes.preprocessing import TilePreprocessor
+
+    assert path is not None
+    name = os.fspath(name_or_path)
+    if name in _preset_files() and not path.exists():
+        preset = get_preset(name)
+        if not preset.get("random_init"):
+            return None  # the config comes with the downloaded weights
+        return TilePreprocessor.from_config(preset_config(name))
+    if not path.is_dir() or not (path / "config.json").is_file():
+        return None
+    from humanaes.config import FORMAT_NAME, HumanAesConfig
+
+    try:
+        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model reports what is wrong with it
+    if data.get("format") == FORMAT_NAME:
+        return TilePreprocessor.from_config(HumanAesConfig.load(path / "config.json"))
+    if data.get("model_type") == "internvl_chat":
+        from humanaes.convert import config_from_internvl_chat
+
+        return TilePreprocessor.from_config(config_from_internvl_chat(data, name=path.name))
+    return None
+
+
 def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: Any = None) -> Path:
     """Save a HumanAesExpert model (or the model and tokenizer of a scorer from `load`) in
     humanaes format, atomically; `load(folder)` reads it back. The bundled humanaes-mini model

@@ -113,14 +113,15 @@ class HumanAesScorer(BaseScorer):
         return self.prompts.prompt(question, answer_prefix)
 
     # -- BaseScorer hooks ------------------------------------------------------------------
+    def preprocessor(self) -> preprocessing.TilePreprocessor | None:
+        """The tiling settings of this model's config (None when a subclass brings its own
+        `decode` / `prepare`: those run with the scorer)."""
+        if type(self).prepare is not HumanAesScorer.prepare or type(self).decode is not BaseScorer.decode:
+            return None
+        return preprocessing.TilePreprocessor.from_config(self.config)
+
     def prepare(self, image: Image.Image, max_tiles: int | None = None, **_: Any) -> torch.Tensor:
-        return preprocessing.preprocess_image(
-            image,
-            max_tiles=max_tiles or self.config.max_tiles,
-            min_tiles=self.config.min_tiles,
-            tile_size=self.config.image_size,
-            use_thumbnail=self.config.use_thumbnail,
-        )
+        return preprocessing.TilePreprocessor.from_config(self.config).prepare(image, max_tiles)
 
     @torch.inference_mode()
     def score_prepared(self, prepared: list[torch.Tensor], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:

@@ -124,14 +124,17 @@ def test_rows_equal_the_api_with_error_rows_for_bad_items(tmp_path: Path, images
     missing = tmp_path / "imgs" / "gone.jpg"
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
+    broken = tmp_path / "broken.jpg"  # read fine, refused by the decoder (the CPU preprocessing stage)
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
     manifest = tmp_path / "m.txt"
-    manifest.write_text(f"{missing}\n{fifo}\n", encoding="utf-8")
+    manifest.write_text(f"{missing}\n{fifo}\n{broken}\n", encoding="utf-8")
     out = tmp_path / "job"
     summary = run_batch(_config([images, manifest], out))
     rows = _rows_by_id(out)
     expected = hio.discover_images([images])
-    assert set(rows) == {str(p) for p in expected} | {str(missing), str(fifo.resolve())}
-    assert summary.failed == 2 and summary.scored == len(expected) + 2
+    assert set(rows) == {str(p) for p in expected} | {str(missing), str(fifo.resolve()), str(broken)}
+    assert summary.failed == 3 and summary.scored == len(expected) + 3
+    assert rows[str(broken)]["error"] == humanaes.load(None, dtype="float32").score([str(broken)])[0].error
     assert "file not found" in rows[str(missing)]["error"]
     assert "not a regular file" in rows[str(fifo.resolve())]["error"]  # never opened for reading: no hang
     # same scores as the Python API on the same files (the path `humanaes score` takes)
@@ -144,6 +147,114 @@ def test_rows_equal_the_api_with_error_rows_for_bad_items(tmp_path: Path, images
     assert tuple(pq.read_schema(shard).names) == ("id", "path", *hio.COLUMNS)
     if SHARED_IMAGES.is_dir():
         assert rows[str(images / MEBEAUTY[0])]["overall"] == pytest.approx(GOLDEN_ASIAN_13, abs=1e-4)
+
+
+def test_the_bundled_preprocessor_ships_without_the_model_and_matches_score(tmp_path: Path, images: Path) -> None:
+    """What the CPU tasks get: picklable, no CNN weights, the same inputs as score() (bit for
+    bit, through the safetensors blob), and the same scores through score_prepared_batch."""
+    import pickle
+
+    import torch
+
+    from humanaes.api import prepare_items
+    from humanaes.bundled.scorer import MiniPreprocessor
+    from humanaes.distributed.stages import pack_prepared, unpack_prepared
+    from humanaes.registry import load_preprocessor
+
+    scorer = humanaes.load(None, device="cpu", dtype="float32")
+    pre = load_preprocessor(None)
+    blob = pickle.dumps(pre)
+    assert isinstance(pre, MiniPreprocessor) and pre.detector is not None
+    assert len(blob) < 4 * 2**20 < (Path(humanaes.__file__).parent / "bundled" / "humanaes-mini.safetensors").stat().st_size
+    shipped = pickle.loads(blob)
+    typed = scorer.parse_options()
+    paths = [str(p) for p in hio.discover_images([images])]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    batch = [(p, Path(p).read_bytes()) for p in paths] + [(str(broken), broken.read_bytes())]
+    failed, ready = prepare_items(shipped, batch, typed)
+    assert [r.error for r in failed if r is not None] == [scorer.score([broken])[0].error]  # worded as score() words it
+    assert len(ready) == len(paths)
+    faces = 0
+    for _, name, value in ready:
+        again = unpack_prepared(pack_prepared(value))
+        mine = scorer.prepare_source(name, name, typed)
+        assert torch.equal(again[0], mine[0]) and again[0].dtype == torch.uint8
+        assert (again[1] is None) == (mine[1] is None)
+        if mine[1] is not None:
+            faces += 1
+            assert torch.equal(again[1], mine[1])
+    assert faces == (len(MEBEAUTY) if SHARED_IMAGES.is_dir() else 0)  # the face chips travel too
+    prepared = [unpack_prepared(pack_prepared(v)) for _, _, v in ready]
+    direct = scorer.score(paths)
+    scored = scorer.score_prepared_batch(prepared, paths)
+    assert [r.overall for r in scored] == [r.overall for r in direct]
+    assert [r.person_found for r in scored] == [r.person_found for r in direct]
+
+
+def test_actors_only_run_the_forward_when_stage_two_ran(tmp_path: Path, images: Path, cached_load: list,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model actor scores prepared rows without decoding or preparing anything."""
+    from humanaes.distributed.stages import BatchScorer, items_table, prepare_images, read_images
+    from humanaes.distributed.inputs import gather_inputs
+    from humanaes.registry import load_preprocessor
+
+    items = gather_inputs([str(images)])
+    typed = humanaes.load(None, dtype="float32").parse_options()
+    prepared = prepare_images(read_images(items_table(items)), preprocessor=load_preprocessor(None), options=typed)
+    actor = BatchScorer(model=None, mode="fast", options={}, dtype="float32")
+    api = actor.scorer.score([i.path for i in items], batch_size=len(items))  # one batch, as the actor's
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the actor decoded or prepared an image")
+
+    for hook in ("decode", "prepare", "prepare_source", "preprocessor"):
+        monkeypatch.setattr(actor.scorer, hook, forbidden)
+    rows = {r["id"]: r for r in actor(prepared).to_pylist()}
+    assert [rows[i.id]["overall"] for i in items] == [r.overall for r in api]
+
+
+def test_the_cpu_stage_gets_the_options_the_actor_scores_with(tmp_path: Path, cached_load: list) -> None:
+    """-o use_face=false / --no-exif reach the CPU tasks typed exactly as the actor parses them."""
+    from humanaes.distributed.runner import job_spec, preprocess_kwargs, scorer_kwargs
+
+    typed = []
+    for options in ({}, {"use_face": "false", "apply_exif": False}, {"tta_flip": "true"}):
+        config = _config([tmp_path], tmp_path / "job", engine="ray", options=options)
+        kwargs = scorer_kwargs(config, job_spec(config))
+        stage = preprocess_kwargs(config, kwargs)
+        assert stage is not None
+        assert stage["options"] == humanaes.load(None, dtype="float32").parse_options(**kwargs["options"])
+        typed.append(stage["options"])
+    assert typed[0].use_face is True and typed[0].apply_exif is True  # the defaults of humanaes.load
+    assert typed[1].use_face is False and typed[1].apply_exif is False and typed[2].tta_flip is True
+
+
+def test_a_scorer_with_its_own_hooks_prepares_in_the_actor(tmp_path: Path, images: Path, cached_load: list,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No preprocessor apart from the scorer (a subclass's own prepare): the job still runs,
+    the hook is used, and the trace shows the preparing was done where the scoring was."""
+    from humanaes.bundled.scorer import BundledScorer
+
+    class Mirrored(BundledScorer):
+        def prepare(self, image: Any, **options: Any) -> Any:
+            return super().prepare(image.transpose(Image.Transpose.FLIP_LEFT_RIGHT), **options)
+
+    base = humanaes.load(None, device="cpu", dtype="float32")
+    mirrored = Mirrored(base.model, base.meta)
+    assert mirrored.preprocessor() is None and base.preprocessor() is not None
+    monkeypatch.setattr(humanaes, "load", lambda *a, **k: mirrored)
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("HUMANAES_BATCH_TRACE", str(trace))
+    out = tmp_path / "job"
+    run_batch(_config([images], out))
+    rows = _rows_by_id(out)
+    expected = mirrored.score([str(p) for p in hio.discover_images([images])])
+    assert [rows[r.image]["overall"] for r in expected] == [r.overall for r in expected]
+    assert any(rows[r.image]["overall"] != o.overall for r, o in zip(expected, base.score([r.image for r in expected])))
+    lines = [line.split() for line in trace.read_text().splitlines()]
+    assert {stage for stage, _, _ in lines} == {"prepare", "score"}
+    assert sum(int(n) for stage, _, n in lines if stage == "prepare") == len(expected)
 
 
 def test_resume_scores_only_the_missing_ids(tmp_path: Path, images: Path, cached_load: list) -> None:
@@ -461,10 +572,19 @@ def _assert_same_as_local(out: Path, reference: dict[str, dict[str, Any]]) -> No
 def test_ray_engine_equals_local(tmp_path: Path, ray_job_input: tuple, no_leaked_ray: None) -> None:
     root, reference = ray_job_input
     out = tmp_path / "job"
-    proc = _driver(root, out)
+    trace = tmp_path / "trace"
+    proc = _driver(root, out, env={"HUMANAES_BATCH_TRACE": str(trace)})
     output, _ = proc.communicate(timeout=400)
     assert proc.returncode == 1, output  # the missing file is an error row
     _assert_same_as_local(out, reference)
+    # decoding + preprocessing ran in CPU tasks, never in the model actors (nor the driver)
+    lines = [line.split() for line in trace.read_text().splitlines()]
+    preparers = {pid for stage, pid, _ in lines if stage == "prepare"}
+    scorers = {pid for stage, pid, _ in lines if stage == "score"}
+    readable = sum(1 for row in reference.values() if row["error"] is None)
+    assert sum(int(n) for stage, _, n in lines if stage == "prepare") == readable
+    assert sum(int(n) for stage, _, n in lines if stage == "score") == readable
+    assert preparers and scorers and not preparers & scorers and str(proc.pid) not in preparers | scorers
     if SHARED_IMAGES.is_dir():
         assert reference[str(root / "imgs" / MEBEAUTY[0])]["overall"] == pytest.approx(GOLDEN_ASIAN_13, abs=1e-4)
 

@@ -197,3 +197,44 @@ def test_tiny_preset_is_seeded_and_complete():
     assert "metavoter" in scorer.supported_modes
     r = scorer.score([Image.new("RGB", (640, 480), (200, 120, 90))], mode="all", max_tiles=2, max_new_tokens=4)[0]
     assert r.error is None and r.metavoter_score is not None and r.annotation is not None
+
+
+def test_tiling_preprocessor_comes_from_the_config_alone(official, scorer, images, tmp_path):
+    """The batch CPU stage's preprocessor: built from config.json only, picklable, and the very
+    path score() takes (bit-identical tiles, identical scores through score_prepared_batch)."""
+    import pickle
+
+    from humanaes.distributed.stages import pack_prepared, unpack_prepared
+    from humanaes.preprocessing import TilePreprocessor
+    from humanaes.registry import load_preprocessor
+
+    pre = load_preprocessor(official)
+    assert isinstance(pre, TilePreprocessor) and pre == scorer.preprocessor()
+    shipped = pickle.loads(pickle.dumps(pre))
+    typed = scorer.parse_options(max_tiles=2)
+    prepared = [unpack_prepared(pack_prepared(shipped(str(p), str(p), typed))) for p in images]  # as the actors get them
+    for p, tiles in zip(images, prepared):
+        assert torch.equal(tiles, scorer.prepare_source(str(p), str(p), typed))
+    assert prepared[1].shape[0] == 3  # the wide image: max_tiles=2 (+ thumbnail) reached the tiling
+    assert shipped(str(images[1]), "w", scorer.parse_options()).shape[0] > 3  # the model's own max_tiles otherwise
+    direct = scorer.score([str(p) for p in images], mode="fast", max_tiles=2)
+    again = scorer.score_prepared_batch(prepared, [str(p) for p in images], mode="fast", max_tiles=2)
+    assert [r.regression_score for r in again] == [r.regression_score for r in direct]
+    ours = humanaes.save_checkpoint(scorer.model, tmp_path / "ours", tokenizer=scorer.tokenizer)
+    assert load_preprocessor(ours) == pre
+    assert load_preprocessor("humanaes-tiny") == TilePreprocessor.from_config(humanaes.registry.preset_config("humanaes-tiny"))
+    assert load_preprocessor("humanaes-1b") is None  # weights (and config) not downloaded here
+
+
+def test_a_subclass_with_its_own_prepare_keeps_it(scorer, images):
+    from humanaes.scoring import HumanAesScorer
+
+    class OwnPrepare(HumanAesScorer):
+        def prepare(self, image, **options):
+            return super().prepare(image.rotate(90, expand=True), **options)
+
+    own = OwnPrepare.__new__(OwnPrepare)
+    own.__dict__.update(scorer.__dict__)
+    assert own.preprocessor() is None  # batch then prepares in its actors, with this hook
+    typed = own.parse_options(max_tiles=1)
+    assert not torch.equal(own.prepare_source(str(images[1]), "w", typed), scorer.prepare_source(str(images[1]), "w", typed))

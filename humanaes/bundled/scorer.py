@@ -31,11 +31,11 @@ import torch
 from PIL import Image
 
 from humanaes.api import BaseScorer
-from humanaes.bundled.face import face_chips
+from humanaes.bundled.face import FaceDetector, face_chips
 from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.options import ScoreOptions, option
-from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, load_image
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
 
@@ -116,6 +116,39 @@ def load_prepared(path: ImageSource, size: int, fast_decode: bool = True, crop_f
     """Decode + preprocess exactly as BundledScorer does (used to build training caches)."""
     source = open_for_size(path, size, crop_fraction) if fast_decode else path
     return prepare_image(load_image(source, name=str(path)), size, crop_fraction)
+
+
+@dataclass(frozen=True)
+class MiniPreprocessor(Preprocessor):
+    """humanaes-mini's decoding and preparation: the fast JPEG decode, the resized centre crop
+    and, with a face branch, the MTCNN detector (about 2 MB, shared with the model in process)
+    and the aligned face chips. Returns (whole-picture uint8 input, face chips or None)."""
+
+    input_size: int
+    crop_fraction: float = 1.0
+    fast_decode: bool = True
+    detector: FaceDetector | None = None
+    chip_size: int = 150
+    zooms: tuple[float, ...] = (1.0,)
+    min_decode_side: int = 0
+
+    def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+        # File paths / bytes go through a lazily opened, draft-configured image so that JPEGs
+        # decode at reduced size; names (and error messages) are unchanged.
+        if self.fast_decode:
+            source = open_for_size(source, self.input_size, self.crop_fraction, self.min_decode_side,
+                                   max_pixels=options.max_pixels)
+        return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
+
+    def prepare(self, image: Image.Image, use_face: bool | None = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        whole = prepare_image(image, self.input_size, self.crop_fraction)
+        if self.detector is None or use_face is False:
+            return whole, None
+        with torch.inference_mode():
+            return whole, face_chips(image, self.detector, self.chip_size, self.zooms)
+
+    def __call__(self, source: ImageSource, name: str, options: ScoreOptions) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.prepare(self.decode(source, name, options), getattr(options, "use_face", True))
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -281,14 +314,30 @@ class BundledScorer(BaseScorer):
         )
         return info
 
+    def preprocessor(self) -> MiniPreprocessor | None:
+        """Decode + prepare apart from the CNNs (None when a subclass brings its own hooks)."""
+        if type(self).prepare is not BundledScorer.prepare or type(self).decode is not BundledScorer.decode:
+            return None
+        return self._preprocessor
+
+    @property
+    def _preprocessor(self) -> MiniPreprocessor:
+        face = self.face
+        detector = face.detector if face is not None else None
+        cached = self.__dict__.get("_cached_preprocessor")
+        if cached is None or cached.detector is not detector or cached.fast_decode != self.fast_decode:
+            cached = MiniPreprocessor(
+                input_size=self.config.input_size, crop_fraction=self.config.crop_fraction, fast_decode=self.fast_decode,
+                detector=detector,
+                chip_size=face.config.chip_size if face is not None else 150,
+                zooms=tuple(face.config.zooms) if face is not None else (1.0,),
+                min_decode_side=face.config.min_decode_side if face is not None else 0,
+            )
+            self.__dict__["_cached_preprocessor"] = cached
+        return cached
+
     def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
-        # Route file paths / bytes through a lazily opened, draft-configured image so JPEG
-        # decoding happens at reduced size; names (and error messages) are unchanged.
-        if self.fast_decode:
-            size, fraction = self.config.input_size, self.config.crop_fraction
-            min_side = self.face.config.min_decode_side if self.face is not None else 0
-            source = open_for_size(source, size, fraction, min_side, max_pixels=options.max_pixels)
-        return super().decode(source, name, options)
+        return self._preprocessor.decode(source, name, options)
 
     @property
     def face(self) -> FaceBranch | None:
@@ -296,12 +345,7 @@ class BundledScorer(BaseScorer):
 
     def prepare(self, image: Image.Image, **options: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(whole-picture input, aligned face chips (one per zoom) or None)."""
-        whole = prepare_image(image, self.config.input_size, self.config.crop_fraction)
-        face = self.face
-        if face is None or options.get("use_face") is False:
-            return whole, None
-        with torch.inference_mode():
-            return whole, face_chips(image, face.detector, face.config.chip_size, face.config.zooms)
+        return self._preprocessor.prepare(image, options.get("use_face", True))
 
     def score_prepared(self, prepared: list[Any], names: list[str], mode: str, **options: Any) -> list[ScoreResult]:
         heads = set(self.config.trained_heads)

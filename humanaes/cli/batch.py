@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 @click.option("--address", default=None, metavar="auto|ray://HOST:PORT|HOST:PORT",
               help="Join this Ray cluster (--engine ray); default: start a local Ray instance for the job.")
 @click.option("--num-gpus-per-actor", type=float, default=0.0, show_default=True, help="GPUs per model actor (0: CPU).")
-@click.option("--cpus-per-actor", type=float, default=1.0, show_default=True, help="CPUs per model actor (decode + CPU scoring).")
+@click.option("--cpus-per-actor", type=float, default=1.0, show_default=True, help="CPUs per model actor (the batched forward; decoding and preprocessing run in separate CPU tasks).")
 @click.option("--concurrency", type=int, default=1, show_default=True, help="Model actors (--engine ray).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Images per model batch (and per Ray Data batch).")
 @click.option("--device", type=click.Choice(DEVICES, case_sensitive=False), default="auto", show_default=True,

@@ -1,9 +1,12 @@
 """`--engine ray`: the batch stages on Ray Data.
 
     items (driver) -> map_batches(read_images)      CPU tasks, many in parallel
+                   -> map_batches(prepare_images)   CPU tasks: decode + preprocess with the
+                                                    model's Preprocessor (no model weights)
                    -> map_batches(BatchScorer)      actor pool: --concurrency actors, each with
                                                     --num-gpus-per-actor GPUs (CPU when 0) and
                                                     --cpus-per-actor CPUs; the model loads once
+                                                    and runs only the batched forward
                    -> iter_batches on the driver    -> ShardCommitter (the only writer)
 
 With `--address` the job joins an existing cluster (`auto`: the one `ray start` runs on this
@@ -27,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from humanaes.distributed.stages import BatchScorer, read_images
+from humanaes.distributed.stages import BatchScorer, prepare_images, read_images
 from humanaes.errors import HumanAesError
 
 if TYPE_CHECKING:
@@ -182,8 +185,16 @@ def _sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def build_dataset(ray: Any, table: Any, scorer_kwargs: dict[str, Any], config: "BatchConfig") -> Any:
-    """The Ray Data pipeline over the items still to score."""
+#: CPUs per read and preprocessing task (fractional: tasks are many and short; they fuse into one)
+TASK_CPUS = 0.25
+
+
+def build_dataset(
+    ray: Any, table: Any, scorer_kwargs: dict[str, Any], config: "BatchConfig",
+    prepare_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """The Ray Data pipeline over the items still to score (`prepare_kwargs` None: no
+    preprocessing tasks; the actors decode and prepare)."""
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = False  # results are keyed by id
     context.enable_progress_bars = False  # the driver shows one bar of committed rows
@@ -192,7 +203,12 @@ def build_dataset(ray: Any, table: Any, scorer_kwargs: dict[str, Any], config: "
     # Enough blocks for every actor to get work, small enough that one block is a few batches.
     blocks = max(1, min(table.num_rows // config.batch_size, 4 * config.concurrency * 8))
     ds = ray.data.from_arrow(table).repartition(blocks)
-    ds = ds.map_batches(read_images, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=0.25)
+    ds = ds.map_batches(read_images, batch_format="pyarrow", batch_size=config.batch_size, num_cpus=TASK_CPUS)
+    if prepare_kwargs is not None:
+        # fn_kwargs go to the object store once; each task gets the preprocessor (a detector of
+        # about 2 MB at most), never the model
+        ds = ds.map_batches(prepare_images, fn_kwargs=prepare_kwargs, batch_format="pyarrow",
+                            batch_size=config.batch_size, num_cpus=TASK_CPUS)
     return ds.map_batches(
         BatchScorer,
         fn_constructor_kwargs=scorer_kwargs,
@@ -206,9 +222,12 @@ def build_dataset(ray: Any, table: Any, scorer_kwargs: dict[str, Any], config: "
     )
 
 
-def run_ray(table: Any, scorer_kwargs: dict[str, Any], *, config: "BatchConfig", on_result: Callable[[Any], None]) -> None:
+def run_ray(
+    table: Any, scorer_kwargs: dict[str, Any], prepare_kwargs: dict[str, Any] | None, *, config: "BatchConfig",
+    on_result: Callable[[Any], None],
+) -> None:
     """Score `table`'s items on Ray; `on_result` gets each result table on the driver."""
     with ray_session(config) as ray:
-        ds = build_dataset(ray, table, scorer_kwargs, config)
+        ds = build_dataset(ray, table, scorer_kwargs, config, prepare_kwargs)
         for result in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             on_result(result)

@@ -17,7 +17,7 @@ from typing import Any
 
 from humanaes.distributed import job as jobdir
 from humanaes.distributed.inputs import InputItem, fingerprint, gather_inputs
-from humanaes.distributed.stages import FAULT_ENV, BatchScorer, items_table, parse_fault
+from humanaes.distributed.stages import FAULT_ENV, BatchScorer, items_table, parse_fault, prepare_images, read_images
 from humanaes.errors import HumanAesError
 from humanaes.fsutil import OutputLock
 
@@ -152,6 +152,22 @@ def scorer_kwargs(config: BatchConfig, spec: jobdir.JobSpec) -> dict[str, Any]:
     }
 
 
+def preprocess_kwargs(config: BatchConfig, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """Arguments of the CPU stage `prepare_images` (the model's Preprocessor and the typed
+    options), obtained without loading the model's heavy weights; None when the model has no
+    preprocessor apart from its scorer (then the actors decode and prepare)."""
+    from humanaes.options import parse_options
+    from humanaes.registry import load_preprocessor
+
+    preprocessor = load_preprocessor(config.model)
+    if preprocessor is None:
+        return None
+    name, _, _, options_class = model_identity(config.model)
+    # as the actor's scorer parses them: humanaes.load's default is apply_exif=True
+    typed = parse_options(options_class, kwargs["options"], defaults={"apply_exif": True}, owner=f"model {name!r}")
+    return {"preprocessor": preprocessor, "options": typed}
+
+
 def run_batch(config: BatchConfig, *, warn: Warn = _stderr_warning) -> BatchSummary:
     """Run (or resume) a batch job; KeyboardInterrupt (also SIGTERM, see the CLI) commits the
     rows received so far and is re-raised."""
@@ -206,7 +222,7 @@ def _execute(
         else:
             from humanaes.distributed.ray_engine import run_ray
 
-            run_ray(items_table(todo), kwargs, config=config, on_result=on_result)
+            run_ray(items_table(todo), kwargs, preprocess_kwargs(config, kwargs), config=config, on_result=on_result)
     except KeyboardInterrupt:
         summary.interrupted = True
         raise
@@ -220,12 +236,16 @@ def _execute(
 
 
 def run_local(table: Any, kwargs: dict[str, Any], *, batch_size: int, on_result: Callable[[Any], None]) -> None:
-    """The local engine: the two stages in this process, one batch at a time (no Ray)."""
-    from humanaes.distributed.stages import read_images
-
+    """The local engine: the three stages in this process, one batch at a time (no Ray). The
+    preprocessor is the loaded scorer's own (the model is here anyway)."""
     scorer = BatchScorer(**kwargs)
+    preprocessor = scorer.scorer.preprocessor()
+    typed = scorer.scorer.parse_options(**scorer.options)
     for start in range(0, table.num_rows, batch_size):
-        on_result(scorer(read_images(table.slice(start, batch_size))))
+        batch = read_images(table.slice(start, batch_size))
+        if preprocessor is not None:
+            batch = prepare_images(batch, preprocessor=preprocessor, options=typed)
+        on_result(scorer(batch))
 
 
 def expected_ids(config: BatchConfig) -> list[str]:

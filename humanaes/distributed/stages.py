@@ -1,21 +1,28 @@
-"""The two stages of a batch job, shared by both engines so their results are identical.
+"""The three stages of a batch job, shared by both engines so their results are identical.
 
 1. `read_images` (CPU tasks): fetch each image's encoded bytes (local file or `pyarrow.fs` URI).
    Non-regular files (FIFOs, sockets, devices) are never read (opened non-blocking and checked),
    missing or unreadable files and oversized ones become an `error`, never a failed task.
-2. `BatchScorer` (model actors): loads the scorer once, then per batch decodes and preprocesses
-   the bytes and scores them through the scorer's public `iter_score` -- exactly the path
-   `humanaes score` takes -- and returns flat rows (`humanaes.io.flat_row`) plus `id` and `path`.
+2. `prepare_images` (CPU tasks): decode and preprocess each image with the model family's
+   `Preprocessor` (`BaseScorer.preprocessor()`, obtained by the driver through
+   `humanaes.registry.load_preprocessor`, without the model's weights): the very object
+   `BaseScorer.score` runs in process, so inputs are identical. The prepared tensors travel to
+   the actors as a safetensors blob per row (`pack_prepared`; no pickle). A bad image becomes
+   an `error`, worded as `score` words it.
+3. `BatchScorer` (model actors): loads the scorer once and runs only the batched forward
+   (`BaseScorer.score_prepared_batch`) on the prepared rows, returning flat rows
+   (`humanaes.io.flat_row`) plus `id` and `path`. When the driver has no preprocessor for the
+   model (a subclass with its own `decode`/`prepare`, a HumanAesExpert hub id not yet in a local
+   folder), stage 2 is left out and the actor decodes and prepares the bytes itself through
+   `iter_score`.
 
-Decoding stays with the scorer because models preprocess differently (the bundled model decodes
-JPEGs at reduced size and detects faces; HumanAesExpert tiles), and only the scorer's own path
-gives the same scores as `humanaes score`. The actor's CPU threads do it; on GPU nodes give each
-actor a few CPUs (`--cpus-per-actor`).
-
-Test-only fault injection: `HUMANAES_BATCH_FAULT="exit-after=K,marker=PATH"` (read by the driver
-and handed to the scorers) makes the first scorer that has scored K rows, while PATH does not
-exist, create PATH and exit the process at once (`os._exit`), like a worker lost to a node
-failure. It exists so that the tests can prove the resume protocol; never set it otherwise.
+Test-only hooks (read by the driver and handed to the stages; never set them otherwise):
+`HUMANAES_BATCH_FAULT="exit-after=K,marker=PATH"` makes the first scorer that has scored K rows,
+while PATH does not exist, create PATH and exit the process at once (`os._exit`), like a worker
+lost to a node failure, so that the tests can prove the resume protocol.
+`HUMANAES_BATCH_TRACE=PATH` appends one line per batch, `prepare PID N` where N images were
+decoded and prepared and `score PID N` where N were scored, so that tests can prove in which
+processes each stage ran.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from humanaes.errors import HumanAesError
 #: larger files are refused (an error row) before they are read into memory
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 FAULT_ENV = "HUMANAES_BATCH_FAULT"
+TRACE_ENV = "HUMANAES_BATCH_TRACE"
+#: the key of a packed input that records its structure (a tensor, or a tuple with None holes)
+STRUCTURE_KEY = "__structure__"
 
 
 def read_schema() -> Any:
@@ -125,6 +135,80 @@ def read_images(batch: Any) -> Any:
     )
 
 
+def pack_prepared(prepared: Any) -> bytes:
+    """A prepared input (a tensor, or a tuple/list of tensors and None) -> safetensors bytes."""
+    import json
+
+    import torch
+    from safetensors.torch import save
+
+    if isinstance(prepared, torch.Tensor):
+        tensors, structure = {"0": prepared}, {"kind": "tensor"}
+    elif isinstance(prepared, (tuple, list)) and all(p is None or isinstance(p, torch.Tensor) for p in prepared):
+        tensors = {str(i): p for i, p in enumerate(prepared) if p is not None}
+        structure = {"kind": "tuple", "length": len(prepared)}
+    else:
+        raise HumanAesError(f"cannot send a prepared input of type {type(prepared).__name__} to the model actors")
+    tensors = {k: t.detach().cpu().contiguous() for k, t in tensors.items()}
+    tensors[STRUCTURE_KEY] = torch.frombuffer(bytearray(json.dumps(structure).encode()), dtype=torch.uint8)
+    return save(tensors)
+
+
+def unpack_prepared(blob: bytes) -> Any:
+    """The inverse of `pack_prepared` (bit-identical tensors)."""
+    import json
+
+    from safetensors.torch import load
+
+    tensors = load(blob)
+    structure = json.loads(bytes(tensors.pop(STRUCTURE_KEY).tolist()).decode())
+    if structure["kind"] == "tensor":
+        return tensors["0"]
+    return tuple(tensors.get(str(i)) for i in range(structure["length"]))
+
+
+def trace(stage: str, count: int) -> None:
+    """Append `stage pid count` to $HUMANAES_BATCH_TRACE when it is set (tests; see above)."""
+    path = os.environ.get(TRACE_ENV)
+    if not path or not count:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{stage} {os.getpid()} {count}\n".encode())  # one small O_APPEND write: lines never mix
+    finally:
+        os.close(fd)
+
+
+def prepare_images(batch: Any, *, preprocessor: Any, options: Any) -> Any:
+    """Stage 2: decode + preprocess the read bytes (`data` -> `prepared`); errors keep their row.
+
+    `preprocessor`: a `humanaes.preprocessing.Preprocessor`; `options`: the job's typed
+    ScoreOptions (decoding options such as apply_exif and max_pixels, and the family's own)."""
+    import pyarrow as pa
+
+    from humanaes.api import prepare_items
+
+    paths = batch.column("path").to_pylist()
+    data = batch.column("data").to_pylist()
+    errors = batch.column("error").to_pylist()
+    todo = [i for i, e in enumerate(errors) if e is None]
+    failed, ready = prepare_items(preprocessor, [(paths[i], data[i]) for i in todo], options)
+    prepared: list[bytes | None] = [None] * len(paths)
+    for position, result in enumerate(failed):
+        if result is not None:
+            errors[todo[position]] = result.error
+    for position, _, value in ready:
+        try:
+            prepared[todo[position]] = pack_prepared(value)
+        except HumanAesError as exc:
+            errors[todo[position]] = f"{paths[todo[position]]}: {exc}"
+    trace("prepare", len(ready))
+    return pa.table(
+        {"id": batch.column("id"), "path": batch.column("path"),
+         "prepared": pa.array(prepared, type=pa.binary()), "error": pa.array(errors, type=pa.string())}
+    )
+
+
 def parse_fault(spec: str | None) -> dict[str, Any] | None:
     """`exit-after=K,marker=PATH` -> {"exit_after": K, "marker": PATH} (see the module docstring)."""
     if not spec:
@@ -137,7 +221,7 @@ def parse_fault(spec: str | None) -> dict[str, Any] | None:
 
 
 class BatchScorer:
-    """Stage 2, one per model actor: load the scorer once, score batches of read items."""
+    """Stage 3, one per model actor: load the scorer once, score batches of prepared items."""
 
     def __init__(
         self,
@@ -177,20 +261,27 @@ class BatchScorer:
         self._maybe_fail()
         ids = batch.column("id").to_pylist()
         paths = batch.column("path").to_pylist()
-        data = batch.column("data").to_pylist()
         errors = batch.column("error").to_pylist()
         ready = [i for i, e in enumerate(errors) if e is None]
         results: list[Any] = [None] * len(ids)
         for i, e in enumerate(errors):
             if e is not None:
                 results[i] = ScoreResult.failed(paths[i], e)
-        if ready:
-            scored = self.scorer.iter_score(
+        if ready and "prepared" in batch.column_names:  # stage 2 ran: the forward only
+            blobs = batch.column("prepared").to_pylist()
+            scored = self.scorer.score_prepared_batch(
+                [unpack_prepared(blobs[i]) for i in ready], [paths[i] for i in ready], mode=self.mode, **self.options
+            )
+        elif ready:  # no preprocessor outside the scorer: decode and prepare here
+            data = batch.column("data").to_pylist()
+            scored = list(self.scorer.iter_score(
                 [data[i] for i in ready], mode=self.mode, batch_size=len(ready),
                 names=[paths[i] for i in ready], **self.options,
-            )
-            for i, result in zip(ready, scored):
-                results[i] = result
+            ))
+            trace("prepare", len(ready))
+        for i, result in zip(ready, scored if ready else []):
+            results[i] = result
+        trace("score", len(ready))
         rows = []
         for item_id, path, result in zip(ids, paths, results):
             row = hio.flat_row(result, model=self.model_name, mode=self.mode)
