@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from humanaes.fsutil import atomic_write
+from humanaes.fsutil import atomic_write, open_regular
 from humanaes.io import DIMENSION_COLUMNS, SCORE_COLUMNS
 from humanaes.modelinfo import model_facts
 from humanaes.preprocessing import to_rgb
@@ -123,19 +123,17 @@ def _level_of(value: float | None) -> str | None:
 def thumbnail_data_uri(path: str | os.PathLike[str], *, size: int = THUMBNAIL_SIZE, apply_exif: bool = True) -> str | None:
     """A `data:image/jpeg;base64,...` thumbnail fitting size x size, or None if unreadable.
 
-    `path` may be an output row's `image` key (non-UTF-8 names are encoded there); anything but a
-    regular file (a FIFO, a device, a loop) gets no thumbnail and is never opened, since opening
-    a FIFO would block the report for good.
+    `path` may be an output row's `image` key (non-UTF-8 names are encoded there). The file is
+    opened with `fsutil.open_regular`, so anything but a regular file (a FIFO, a device, a loop)
+    gets no thumbnail and is never read: a FIFO would block the report for good.
     """
-    from humanaes.io import classify_file, key_to_path
+    from humanaes.io import key_to_path
 
     path = key_to_path(path) if isinstance(path, str) else os.fspath(path)
-    if classify_file(path) is not None:
-        return None
     try:
-        with warnings.catch_warnings():
+        with os.fdopen(open_regular(path), "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # bomb warnings: a thumbnail of a big image is fine
-            with Image.open(path) as im:
+            with Image.open(fh) as im:
                 # draft() lets the JPEG decoder downscale while decoding: big photos stay cheap.
                 im.draft("RGB", (size * 2, size * 2))
                 im.load()

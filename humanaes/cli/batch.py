@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from humanaes.cli.score import DEVICES, DTYPES, _sigterm_as_interrupt, _warn
+from humanaes.cli.score import DEVICES, DTYPES, _warn
+from humanaes.signals import sigterm_as_interrupt
 from humanaes.schema import SCORE_MODES
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ def _run(ctx: click.Context, config: "BatchConfig") -> None:
     from humanaes.distributed.runner import run_batch
 
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             summary = run_batch(config, warn=_warn)
     except KeyboardInterrupt:
         click.echo(f"interrupted; the rows received so far are committed in {config.out}; "

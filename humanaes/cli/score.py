@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import signal
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from humanaes.errors import HumanAesError
+from humanaes.signals import sigterm_as_interrupt
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 if TYPE_CHECKING:
@@ -67,24 +66,6 @@ def _load_scorer(model: str | None, device: str, dtype: str) -> Any:
         how += " (--threads)" if threads is not None and chosen is not None else ""
         click.echo(f"loaded model {name} in {time.monotonic() - start:.1f} s{how}", err=True)
     return scorer
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (plain `kill`) like Ctrl-C so the writer can close cleanly."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except (ValueError, OSError, AttributeError):  # not the main thread, or no SIGTERM
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _previous_failures(rows: list[dict[str, Any]]) -> int:
@@ -290,7 +271,7 @@ def _run(
 
     interrupted = False
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             for refused, run in itertools.groupby(todo, key=lambda item: item.error is not None):
                 group = list(run)
                 if refused:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from humanaes.distributed.stages import BatchScorer, prepare_images, read_images
 from humanaes.errors import HumanAesError
+from humanaes.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from humanaes.distributed.runner import BatchConfig
@@ -107,7 +108,7 @@ def ray_session(config: "BatchConfig") -> Iterator[Any]:
         where = f"the Ray cluster at {config.address}" if config.address else "a local Ray instance"
         raise HumanAesError(f"cannot start or join {where}: {first}") from None
     try:
-        with _sigterm_interrupts():
+        with sigterm_as_interrupt():
             yield ray
     finally:
         ray.shutdown()
@@ -164,25 +165,6 @@ def _kill_processes_mentioning(text: str) -> int:
         except (OSError, ValueError):
             continue
     return killed
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM -> KeyboardInterrupt again: ray.init installs its own SIGTERM handler (which
-    aborts the process), so the driver could not commit the rows it already received."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 #: CPUs per read and preprocessing task (fractional: tasks are many and short; they fuse into one)

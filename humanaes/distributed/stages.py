@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
 from humanaes.errors import HumanAesError
+from humanaes.fsutil import NotRegularFileError, open_regular
 
 #: larger files are refused (an error row) before they are read into memory
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
@@ -70,13 +70,14 @@ def items_table(items: list[Any]) -> Any:
 
 def _read_local(location: bytes) -> bytes:
     """The bytes of a regular file; HumanAesError (the cause, one line) otherwise."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(location, flags)
+        fd = open_regular(location)  # never blocks: FIFOs, sockets and devices are refused unopened
     except FileNotFoundError:
         raise HumanAesError("file not found") from None
-    except IsADirectoryError:
-        raise HumanAesError("is a folder, not an image file") from None
+    except NotRegularFileError:
+        if os.path.isdir(location):
+            raise HumanAesError("is a folder, not an image file") from None
+        raise HumanAesError("not a regular file (FIFO, socket or device); not read") from None
     except PermissionError:
         raise HumanAesError("permission denied reading the file") from None
     except OSError as exc:
@@ -84,13 +85,9 @@ def _read_local(location: bytes) -> bytes:
             raise HumanAesError("symlink loop") from None
         raise HumanAesError(f"cannot open the file ({exc.strerror or exc})") from None
     try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise HumanAesError("is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise HumanAesError("not a regular file (FIFO, socket or device); not read")
-        if info.st_size > MAX_IMAGE_BYTES:
-            raise HumanAesError(f"file is {info.st_size / 2**20:.0f} MiB, over the {MAX_IMAGE_BYTES // 2**20} MiB limit per image")
+        size = os.fstat(fd).st_size
+        if size > MAX_IMAGE_BYTES:
+            raise HumanAesError(f"file is {size / 2**20:.0f} MiB, over the {MAX_IMAGE_BYTES // 2**20} MiB limit per image")
         chunks = []
         while True:
             chunk = os.read(fd, 1 << 20)
