@@ -126,6 +126,8 @@ def test_scorer_mixes_face_and_whole_image_scores(scorer):
     with_face, without = results
     assert with_face.ok and without.ok
     assert with_face.extra["face_found"] is True
+    # person_found is the documented top-level field: the detector's verdict, both ways
+    assert with_face.person_found is True and without.person_found is False
     w = scorer.face.config.weight
     mixed = (1 - w) * with_face.extra["whole_image_score"] + w * with_face.extra["face_score"]
     assert with_face.overall == pytest.approx(mixed, abs=1e-6)
