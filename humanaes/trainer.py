@@ -613,6 +613,10 @@ class _Engine:
         if self.owns_process_group:
             import torch.distributed as dist
 
+            # Every rank reaches this point before any tears gloo down: a rank that destroys its
+            # group while a peer still talks to it can abort the peer ("terminate called without
+            # an active exception", seen on a loaded 2-core machine).
+            dist.barrier()
             dist.destroy_process_group()
             self.owns_process_group = False
 
