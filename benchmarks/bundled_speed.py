@@ -86,8 +86,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from humanaes.bundled import load_bundled
-    from humanaes.preprocessing import load_image
+    from humanaes.models.mini import load_bundled
+    from humanaes.io.images import load_image
 
     import_s = time.perf_counter() - t0
 
@@ -128,7 +128,7 @@ def main() -> int:
             return 1
 
         # where the time goes: decode + preprocess only, then model only
-        from humanaes.bundled.scorer import open_for_size
+        from humanaes.models.mini.scorer import open_for_size
 
         t = time.perf_counter()
         prepared = []

@@ -17,8 +17,8 @@ def ensure_checkpoints(preset: str, cache_dir: Path = DEFAULT_CACHE, seed: int =
     """A random-init `preset` model saved in fp16 (like the release) twice: our format and the
     original InternVL2 layout. Built once, reused while the cache folder exists."""
     from benchmarks.original_layout import save_original
-    from humanaes.checkpoint import save_humanaes
-    from humanaes.registry import create_model
+    from humanaes.models.expert.checkpoint import save_humanaes
+    from humanaes.models.registry import create_model
 
     root = Path(cache_dir) / f"{preset}-seed{seed}-v{CACHE_VERSION}"
     ours, original = root / "humanaes", root / "original"

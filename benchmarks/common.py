@@ -25,7 +25,7 @@ def select_images(images_dir: Path | None, cache_dir: Path, n_typical: int, log:
     multi      a photo that costs 1 / 7 / 13 tiles at max_tiles 1 / 6 / 12
     multi_set  every photo that costs more than one tile at max_tiles 12 (at most 24)
     """
-    from humanaes.preprocessing import TilingConfig
+    from humanaes.models.expert.processing import TilingConfig
 
     files: list[Path] = []
     if images_dir is not None and Path(images_dir).is_dir():

@@ -149,10 +149,10 @@ def bench_loads(ckpt: dict[str, Path], image: Path, s: Settings, log: Callable[[
 
 @keeps_torch_threads
 def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from humanaes import api as humanaes_api
-    from humanaes.checkpoint import load_humanaes
-    from humanaes.scoring import HumanAesScorer
-    from humanaes.tokenization import load_tokenizer
+    from humanaes import scorer as humanaes_api
+    from humanaes.models.expert.checkpoint import load_humanaes
+    from humanaes.models.expert.scorer import HumanAesScorer
+    from humanaes.models.expert.tokenization import load_tokenizer
 
     s = Settings.for_args(args)
     torch.set_num_threads(s.threads)

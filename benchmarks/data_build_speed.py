@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from humanaes.databuild import build_dataset
-    from humanaes.databuild.build import usable_cores
+    from humanaes.data.build import build_dataset
+    from humanaes.data.build.build import usable_cores
 
     args.workers = args.workers or usable_cores()
 

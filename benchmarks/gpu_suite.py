@@ -46,8 +46,8 @@ def _is_oom(exc: BaseException) -> bool:
 
 def build_random(preset: str, device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0) -> Any:
     """Random-init model built directly on the device in `dtype` (an 8B never touches host RAM)."""
-    from humanaes.modeling import HumanAesExpertModel
-    from humanaes.registry import preset_config
+    from humanaes.models.expert.modeling import HumanAesExpertModel
+    from humanaes.models.registry import preset_config
 
     config = preset_config(preset)
     previous = torch.get_default_dtype()
@@ -64,10 +64,10 @@ def build_random(preset: str, device: torch.device, dtype: torch.dtype, attn: st
 
 @keeps_torch_threads
 def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from humanaes.modeling import choose_attn_implementation
-    from humanaes.preprocessing import load_image
-    from humanaes.scoring import HumanAesScorer
-    from humanaes.tokenization import load_tokenizer
+    from humanaes.models.expert.modeling import choose_attn_implementation
+    from humanaes.io.images import load_image
+    from humanaes.models.expert.scorer import HumanAesScorer
+    from humanaes.models.expert.tokenization import load_tokenizer
 
     device = torch.device(args.device or "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -212,7 +212,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 
 def _parity(model: Any, tokenizer: Any, decoded: Any, *, strict: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    from humanaes.scoring import HumanAesScorer
+    from humanaes.models.expert.scorer import HumanAesScorer
 
     scorer = HumanAesScorer(model, tokenizer)
     flow = R.OfficialFlow(model, tokenizer, scorer.general_question, scorer.expert_question)

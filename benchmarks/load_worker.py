@@ -41,10 +41,10 @@ def load_official_fp32(folder: Path) -> tuple[Any, Any, dict[str, float]]:
     import torch
     from safetensors.torch import load_file
 
-    from humanaes.checkpoint import checkpoint_keys, weight_files
-    from humanaes.convert import config_from_internvl_chat, convert_state_dict
-    from humanaes.modeling import HumanAesExpertModel
-    from humanaes.tokenization import load_tokenizer
+    from humanaes.models.expert.checkpoint import checkpoint_keys, weight_files
+    from humanaes.models.expert.convert import config_from_internvl_chat, convert_state_dict
+    from humanaes.models.expert.modeling import HumanAesExpertModel
+    from humanaes.models.expert.tokenization import load_tokenizer
 
     times = {}
     t0 = time.perf_counter()
@@ -98,9 +98,9 @@ def run_once(kind: str, folder: Path, dtype: str = "auto", threads: int = 1, sco
     import torch
 
     import humanaes  # noqa: F401  (imports are not part of the load time)
-    import humanaes.checkpoint  # noqa: F401
-    import humanaes.modeling  # noqa: F401
-    import humanaes.scoring  # noqa: F401
+    import humanaes.models.expert.checkpoint  # noqa: F401
+    import humanaes.models.expert.modeling  # noqa: F401
+    import humanaes.models.expert.scorer  # noqa: F401
     from benchmarks import reference
 
     torch.set_num_threads(threads)
@@ -133,7 +133,7 @@ def run_once(kind: str, folder: Path, dtype: str = "auto", threads: int = 1, sco
             if r.error:
                 raise RuntimeError(r.error)
         else:
-            from humanaes.scoring import HumanAesScorer
+            from humanaes.models.expert.scorer import HumanAesScorer
 
             questions = HumanAesScorer(model, tokenizer)
             flow = reference.OfficialFlow(model, tokenizer, questions.general_question, questions.expert_question)

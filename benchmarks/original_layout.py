@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from humanaes.convert import rename_key
-from humanaes.tokenization import PACKAGED_PREFIX, packaged_tokenizer_dir
+from humanaes.models.expert.convert import rename_key
+from humanaes.models.expert.tokenization import PACKAGED_PREFIX, packaged_tokenizer_dir
 
 # (pattern on OUR key, replacement = ORIGINAL key), first match wins (re.fullmatch).
 _VISION = [
@@ -118,8 +118,8 @@ def to_original_state_dict(model: Any, dtype: torch.dtype | None = torch.float16
 
 
 def original_config(config: Any, torch_dtype: str = "float16") -> dict[str, Any]:
-    """An `internvl_chat` config.json that humanaes.convert.config_from_internvl_chat reads back."""
-    from humanaes.modeling import VISION_DEFAULTS
+    """An `internvl_chat` config.json that humanaes.models.expert.convert.config_from_internvl_chat reads back."""
+    from humanaes.models.expert.modeling import VISION_DEFAULTS
 
     vision = {**VISION_DEFAULTS, **config.vision}
     llm = dict(config.llm)

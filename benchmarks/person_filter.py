@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from benchmarks.nonhuman import nonhuman_images
-    from humanaes.databuild.probe import PersonDetector, load_face_detector
-    from humanaes.databuild.spec import FaceSettings
-    from humanaes.preprocessing import load_image
+    from humanaes.data.build.probe import PersonDetector, load_face_detector
+    from humanaes.data.build.spec import FaceSettings
+    from humanaes.io.images import load_image
 
     torch.set_num_threads(1)
     images = SHARED / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"

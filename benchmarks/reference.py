@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from humanaes.prompts import ANSWER_PREFIX, get_template
+from humanaes.models.expert.prompts import ANSWER_PREFIX, get_template
 from humanaes.schema import LEVELS, OVERALL
 
 TILE = 448

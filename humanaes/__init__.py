@@ -16,6 +16,10 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from humanaes import _moved  # noqa: E402 - old module paths (humanaes.scoring, humanaes.bundled, ...) keep importing
+
+_moved.install()
+
 from humanaes.errors import (  # noqa: E402 - no heavy imports: errors and schema are plain Python
     CheckpointError,
     ConfigError,
@@ -28,17 +32,17 @@ from humanaes.schema import DIMENSIONS, LEVELS, SCORE_MODES, ScoreResult, score_
 
 # Public name -> (module, attribute), imported on first access.
 _LAZY: dict[str, tuple[str, str]] = {
-    "load": ("humanaes.registry", "load"),
-    "create_model": ("humanaes.registry", "create_model"),
-    "list_models": ("humanaes.registry", "list_models"),
-    "list_presets": ("humanaes.registry", "list_presets"),
-    "get_preset": ("humanaes.registry", "get_preset"),
-    "save_checkpoint": ("humanaes.registry", "save_checkpoint"),
-    "save_humanaes": ("humanaes.checkpoint", "save_humanaes"),
-    "BaseScorer": ("humanaes.api", "BaseScorer"),
-    "HumanAesConfig": ("humanaes.config", "HumanAesConfig"),
-    "HumanAesScorer": ("humanaes.scoring", "HumanAesScorer"),
-    "HumanAesExpertModel": ("humanaes.modeling", "HumanAesExpertModel"),
+    "load": ("humanaes.models.registry", "load"),
+    "create_model": ("humanaes.models.registry", "create_model"),
+    "list_models": ("humanaes.models.registry", "list_models"),
+    "list_presets": ("humanaes.models.registry", "list_presets"),
+    "get_preset": ("humanaes.models.registry", "get_preset"),
+    "save_checkpoint": ("humanaes.models.registry", "save_checkpoint"),
+    "save_humanaes": ("humanaes.models.expert.checkpoint", "save_humanaes"),
+    "BaseScorer": ("humanaes.scorer", "BaseScorer"),
+    "HumanAesConfig": ("humanaes.models.expert.config", "HumanAesConfig"),
+    "HumanAesScorer": ("humanaes.models.expert.scorer", "HumanAesScorer"),
+    "HumanAesExpertModel": ("humanaes.models.expert.modeling", "HumanAesExpertModel"),
     "default_threads": ("humanaes.runtime", "default_threads"),
 }
 

@@ -41,7 +41,7 @@ class ModelFacts:
 @lru_cache(maxsize=1)
 def bundled_metadata() -> dict[str, Any]:
     """The bundled model's metadata JSON (description, licence, validation metrics); {} if absent."""
-    meta = resources.files("humanaes.bundled").joinpath(f"{BUNDLED_NAME}.json")
+    meta = resources.files("humanaes.models.mini").joinpath(f"{BUNDLED_NAME}.json")
     try:
         return json.loads(meta.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -52,7 +52,7 @@ def bundled_metadata() -> dict[str, Any]:
 def _preset(name: str) -> dict[str, Any] | None:
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name == "templates":
         return None
-    preset = resources.files("humanaes.presets").joinpath(f"{name}.json")
+    preset = resources.files("humanaes.models.expert.presets").joinpath(f"{name}.json")
     try:
         return json.loads(preset.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Any, Literal, Union
 
 from humanaes.errors import HumanAesError
-from humanaes.preprocessing import DEFAULT_MAX_PIXELS
+from humanaes.io.images import DEFAULT_MAX_PIXELS
 
 
 def option(

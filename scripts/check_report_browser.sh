@@ -53,7 +53,7 @@ from pathlib import Path
 from PIL import Image
 
 from humanaes.io import COLUMNS, DIMENSION_COLUMNS, PROB_COLUMNS
-from humanaes.report import write_report
+from humanaes.io.report import write_report
 from humanaes.schema import score_to_level
 
 repo, work = Path(sys.argv[1]), Path(sys.argv[2])

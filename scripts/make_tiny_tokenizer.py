@@ -13,12 +13,12 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from humanaes.prompts import ANSWER_PREFIX, EXPERT_QUESTIONS, GENERAL_QUESTIONS, expert_answer, get_template
+from humanaes.models.expert.prompts import ANSWER_PREFIX, EXPERT_QUESTIONS, GENERAL_QUESTIONS, expert_answer, get_template
 from humanaes.schema import LEVELS
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",
             "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-OUT = Path(__file__).resolve().parents[1] / "humanaes" / "presets" / "tokenizers" / "tiny"
+OUT = Path(__file__).resolve().parents[1] / "humanaes" / "models" / "expert" / "presets" / "tokenizers" / "tiny"
 
 
 def corpus() -> list[str]:

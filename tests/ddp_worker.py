@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from humanaes.trainer import Trainer, TrainerConfig
+from humanaes.training.trainer import Trainer, TrainerConfig
 
 
 class Points(Dataset):

@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ddp_worker import Net, Points  # noqa: E402
 
-from humanaes.trainer import Trainer, TrainerConfig  # noqa: E402
+from humanaes.training.trainer import Trainer, TrainerConfig  # noqa: E402
 
 
 def _no_shm_comm() -> None:

@@ -156,16 +156,16 @@ def test_the_bundled_preprocessor_ships_without_the_model_and_matches_score(tmp_
 
     import torch
 
-    from humanaes.api import prepare_items
-    from humanaes.bundled.scorer import MiniPreprocessor
+    from humanaes.scorer import prepare_items
+    from humanaes.models.mini.scorer import MiniPreprocessor
     from humanaes.distributed.stages import pack_prepared, unpack_prepared
-    from humanaes.registry import load_preprocessor
+    from humanaes.models.registry import load_preprocessor
 
     scorer = humanaes.load(None, device="cpu", dtype="float32")
     pre = load_preprocessor(None)
     blob = pickle.dumps(pre)
     assert isinstance(pre, MiniPreprocessor) and pre.detector is not None
-    assert len(blob) < 4 * 2**20 < (Path(humanaes.__file__).parent / "bundled" / "humanaes-mini.safetensors").stat().st_size
+    assert len(blob) < 4 * 2**20 < (Path(humanaes.__file__).parent / "models" / "mini" / "humanaes-mini.safetensors").stat().st_size
     shipped = pickle.loads(blob)
     typed = scorer.parse_options()
     paths = [str(p) for p in hio.discover_images([images])]
@@ -197,7 +197,7 @@ def test_actors_only_run_the_forward_when_stage_two_ran(tmp_path: Path, images: 
     """The model actor scores prepared rows without decoding or preparing anything."""
     from humanaes.distributed.stages import BatchScorer, items_table, prepare_images, read_images
     from humanaes.distributed.inputs import gather_inputs
-    from humanaes.registry import load_preprocessor
+    from humanaes.models.registry import load_preprocessor
 
     items = gather_inputs([str(images)])
     typed = humanaes.load(None, dtype="float32").parse_options()
@@ -234,7 +234,7 @@ def test_a_scorer_with_its_own_hooks_prepares_in_the_actor(tmp_path: Path, image
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """No preprocessor apart from the scorer (a subclass's own prepare): the job still runs,
     the hook is used, and the trace shows the preparing was done where the scoring was."""
-    from humanaes.bundled.scorer import BundledScorer
+    from humanaes.models.mini.scorer import BundledScorer
 
     class Mirrored(BundledScorer):
         def prepare(self, image: Any, **options: Any) -> Any:
@@ -378,7 +378,7 @@ def test_refuses_a_job_of_other_settings_unless_force(tmp_path: Path, images: Pa
     other_model = tmp_path / "other-model"  # the bundled model saved elsewhere: another model for the record
     other_model.mkdir()
     for name in ("humanaes-mini.json", "humanaes-mini.safetensors"):
-        shutil.copy(Path(humanaes.__file__).parent / "bundled" / name, other_model / name)
+        shutil.copy(Path(humanaes.__file__).parent / "models" / "mini" / name, other_model / name)
     for extra, what in ((["--no-exif"], "options"), (["--dtype", "bfloat16"], "dtype"), (["--mode", "all"], "mode"),
                         (["--model", str(other_model)], "model")):
         args = ["batch", str(images), "--out", str(out), "--threads", "1", *extra]
@@ -392,7 +392,7 @@ def test_refuses_a_job_of_other_settings_unless_force(tmp_path: Path, images: Pa
     assert forced.exit_code == 0, forced.output
     assert "discarded" in forced.output
     record = json.loads((out / "job.json").read_text())
-    from humanaes.bundled.scorer import MiniOptions
+    from humanaes.models.mini.scorer import MiniOptions
 
     # every typed option of the model, given or default, is in the record
     assert record["spec"]["options"] == dataclasses.asdict(MiniOptions(apply_exif=False))

@@ -56,8 +56,8 @@ def test_gpu_suite_guard_and_cpu_dry_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("llm", ["qwen2", "llama"])
 def test_original_layout_round_trip(tmp_path, llm):
-    from humanaes.checkpoint import load_original
-    from humanaes.registry import create_model, preset_config
+    from humanaes.models.expert.checkpoint import load_original
+    from humanaes.models.registry import create_model, preset_config
 
     config = preset_config("humanaes-tiny")
     if llm == "llama":  # 8B-style: InternLM2 layout with fused, interleaved wqkv

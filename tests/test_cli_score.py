@@ -20,7 +20,7 @@ from PIL import Image
 
 import humanaes
 from humanaes import io as hio
-from humanaes.api import BaseScorer
+from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.errors import HumanAesError, ModelNotFoundError
 from humanaes.options import ScoreOptions, option

@@ -15,7 +15,7 @@ import humanaes
 from humanaes.compat import AutoModel, AutoTokenizer, CompatModel, load_image
 from humanaes.compat.official import sampler
 from humanaes.errors import HumanAesError
-from humanaes.prompts import expert_answer
+from humanaes.models.expert.prompts import expert_answer
 from humanaes.schema import DIMENSIONS, LEVEL_CENTRES, LEVELS
 from test_scoring import _with_heads
 
@@ -191,7 +191,7 @@ def test_load_image_decodes_like_the_official_code(tmp_path):
     """Image.open(...).convert('RGB'): no EXIF rotation, an alpha channel dropped (not composited)."""
     from PIL import Image
 
-    from humanaes.preprocessing import preprocess_image
+    from humanaes.models.expert.processing import preprocess_image
 
     rng = torch.Generator().manual_seed(3)
     pixels = torch.randint(0, 256, (300, 500, 4), generator=rng, dtype=torch.uint8).numpy()

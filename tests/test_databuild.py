@@ -23,9 +23,9 @@ if str(REPO) not in sys.path:
 from benchmarks.nonhuman import nonhuman_images  # noqa: E402
 from humanaes import data as D  # noqa: E402
 from humanaes.cli import main  # noqa: E402
-from humanaes.databuild import BuildInterrupted, build_dataset, load_spec  # noqa: E402
-from humanaes.databuild.build import work_dir_for  # noqa: E402
-from humanaes.databuild.dedup import duplicate_groups  # noqa: E402
+from humanaes.data.build import BuildInterrupted, build_dataset, load_spec  # noqa: E402
+from humanaes.data.build.build import work_dir_for  # noqa: E402
+from humanaes.data.build.dedup import duplicate_groups  # noqa: E402
 from humanaes.errors import ConfigError, DataError, HumanAesError  # noqa: E402
 from humanaes.fsutil import OutputLock  # noqa: E402
 
@@ -243,7 +243,7 @@ def scenes_only(sources):
 def test_build_is_deterministic_and_resumes_without_reprobing(scenes_only, tmp_path, monkeypatch):
     """Interrupt a build after 5 images, resume it: only the rest is probed, and every output
     file is byte-identical to an uninterrupted build's."""
-    from humanaes.databuild import probe
+    from humanaes.data.build import probe
 
     first = build_dataset(scenes_only, tmp_path / "first", workers=1)
     assert first.report["totals"]["kept"] == 2  # the two photos; the rest has no human
@@ -389,7 +389,7 @@ def test_a_failure_while_writing_publishes_nothing(tiny, tmp_path, monkeypatch):
 def test_a_split_with_an_empty_side_is_refused_before_anything_is_written(tiny, tmp_path, monkeypatch):
     """4 kept rows at test_ratio 0.1 give round(0.4) = 0 test rows (0.9: 0 train rows): the build
     says so in the spec's terms, per source, before linking a single image."""
-    from humanaes.databuild import build as B
+    from humanaes.data.build import build as B
 
     linked: list[Path] = []
     real_link = B._link_or_copy
@@ -479,8 +479,8 @@ def test_max_faces_drops_a_picture_with_two_faces(data_dir, tmp_path):
 
 
 def test_tsv_with_bom_and_case_insensitive_columns_is_read(tmp_path):
-    from humanaes.databuild.sources import read_source
-    from humanaes.databuild.spec import SourceSpec
+    from humanaes.data.build.sources import read_source
+    from humanaes.data.build.spec import SourceSpec
 
     (tmp_path / "a b").mkdir()
     (tmp_path / "t.tsv").write_text("\ufeffFile Name\tMOS\n\"a b/x, y.jpg\"\t2.5\nz.jpg\t4.5\n\n", encoding="utf-8")

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO in humanaes.trainer.
+"""DeepSpeed ZeRO in humanaes.training.trainer.
 
 Always: config checks, and the error when zero_stage is set without DeepSpeed installed.
 With `deepspeed` importable (pip install 'humanaes[deepspeed]'), on CPU with gloo under torchrun:
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from humanaes.errors import CheckpointError, ConfigError
-from humanaes.trainer import DEEPSPEED_DIR, MODEL_FILE, OPTIM_FILE, STATE_FILE, Trainer, TrainerConfig
+from humanaes.training.trainer import DEEPSPEED_DIR, MODEL_FILE, OPTIM_FILE, STATE_FILE, Trainer, TrainerConfig
 
 TESTS = Path(__file__).resolve().parent
 WORKER = TESTS / "deepspeed_worker.py"
@@ -79,7 +79,7 @@ def test_config_checks():
 
 
 def test_deepspeed_config_is_derived_from_the_trainer_keys():
-    from humanaes.trainer import _Engine
+    from humanaes.training.trainer import _Engine
 
     def derived(**kw):
         engine = _Engine.__new__(_Engine)  # only the config logic: no device, no DeepSpeed import

@@ -1,4 +1,4 @@
-"""humanaes.evaluation with a small real scorer whose scores are a function of the pixels."""
+"""humanaes.evaluation.evaluator with a small real scorer whose scores are a function of the pixels."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 import humanaes
-from humanaes.api import BaseScorer
+from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.data import Sample, load_split
-from humanaes.evaluation import evaluate
+from humanaes.evaluation.evaluator import evaluate
 from humanaes.schema import DIMENSIONS, ScoreResult
 
 

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from humanaes.bundled import load_bundled
-from humanaes.bundled.face import CHIP_LANDMARKS, _max_pool, aligned_crop, chip_template, face_chip, face_chips, similarity_to
-from humanaes.bundled.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, convert_dlib_dat
-from humanaes.bundled.model import FaceBranch, FaceConfig
+from humanaes.models.mini import load_bundled
+from humanaes.models.mini.face import CHIP_LANDMARKS, _max_pool, aligned_crop, chip_template, face_chip, face_chips, similarity_to
+from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, convert_dlib_dat
+from humanaes.models.mini.modeling import FaceBranch, FaceConfig
 from humanaes.errors import ConfigError
-from humanaes.trainer import Trainer, TrainerConfig
+from humanaes.training.trainer import Trainer, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from humanaes.checkpoint import save_humanaes
+from humanaes.models.expert.checkpoint import save_humanaes
 from humanaes.data import Sample
 from humanaes.errors import CheckpointError, ConfigError
-from humanaes.finetune import (
+from humanaes.training.finetune import (
     IGNORE_INDEX,
     FinetuneConfig,
     FinetuneModule,
@@ -21,9 +21,9 @@ from humanaes.finetune import (
     prepare_model,
     split_holdout,
 )
-from humanaes.prompts import EXPERT_QUESTIONS, GENERAL_QUESTIONS, PromptTokenizer, get_template
-from humanaes.registry import create_model, preset_config
-from humanaes.tokenization import load_tokenizer
+from humanaes.models.expert.prompts import EXPERT_QUESTIONS, GENERAL_QUESTIONS, PromptTokenizer, get_template
+from humanaes.models.registry import create_model, preset_config
+from humanaes.models.expert.tokenization import load_tokenizer
 
 
 @pytest.fixture(scope="module")

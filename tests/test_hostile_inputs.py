@@ -26,7 +26,7 @@ from humanaes import io as hio
 from humanaes.cli import main
 from humanaes.errors import ImageLoadError
 from humanaes.fsutil import OutputLock
-from humanaes.preprocessing import load_image
+from humanaes.io.images import load_image
 from humanaes.schema import ScoreResult
 from test_cli_score import PixelScorer, _img, _one_line_error, install_pixel_scorer, make_photos
 
@@ -565,7 +565,7 @@ def test_csv_written_by_this_version_reads_back_its_own_quoting(tmp_path: Path) 
 def test_report_with_a_fifo_among_the_rows_does_not_block(tmp_path: Path, photos: Path,
                                                            specials: dict[str, Path]) -> None:
     # Bug caught: the report's thumbnailer opens every row's path, and opening a FIFO blocks forever.
-    from humanaes.report import thumbnail_data_uri, write_report
+    from humanaes.io.report import thumbnail_data_uri, write_report
 
     good = sorted(p for p in photos.iterdir() if p.is_file() and not p.is_fifo() and not p.is_socket())
     rows = [{"image": str(p), "overall": 0.5, "level": "fair"} for p in good]
@@ -579,7 +579,7 @@ def test_report_with_a_fifo_among_the_rows_does_not_block(tmp_path: Path, photos
 
 def test_report_thumbnails_images_with_undecodable_names(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
     # Bug caught: the report opens the row's encoded `bytes:` key as if it were a path.
-    from humanaes.report import thumbnail_data_uri
+    from humanaes.io.report import thumbnail_data_uri
 
     raw = _bytes_name(photos, b"l_\xe9.png")
     key = hio.image_key(os.fsencode(raw))

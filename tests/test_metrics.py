@@ -1,4 +1,4 @@
-"""humanaes.metrics against scipy.stats / sklearn on random data, with and without ties."""
+"""humanaes.evaluation.metrics against scipy.stats / sklearn on random data, with and without ties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from humanaes import metrics as M
+from humanaes.evaluation import metrics as M
 from humanaes.schema import LEVELS, level_index, score_to_level
 
 

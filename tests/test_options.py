@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 import humanaes
-from humanaes.api import BaseScorer
-from humanaes.bundled import BundledScorer, load_bundled
-from humanaes.bundled.scorer import MiniOptions
+from humanaes.scorer import BaseScorer
+from humanaes.models.mini import BundledScorer, load_bundled
+from humanaes.models.mini.scorer import MiniOptions
 from humanaes.errors import HumanAesError
 from humanaes.options import ScoreOptions, describe_options, model_options, option, options_json_schema, parse_options
-from humanaes.preprocessing import DEFAULT_MAX_PIXELS
+from humanaes.io.images import DEFAULT_MAX_PIXELS
 from humanaes.schema import ScoreResult
-from humanaes.scoring import ExpertOptions, HumanAesScorer
+from humanaes.models.expert.scorer import ExpertOptions, HumanAesScorer
 
 
 @pytest.fixture(scope="module")

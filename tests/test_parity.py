@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from humanaes.checkpoint import load_original
-from humanaes.prompts import ANSWER_PREFIX, build_prompt, get_template
-from humanaes.scoring import HumanAesScorer, positions_from_mask
-from humanaes.tokenization import load_tokenizer
+from humanaes.models.expert.checkpoint import load_original
+from humanaes.models.expert.prompts import ANSWER_PREFIX, build_prompt, get_template
+from humanaes.models.expert.scorer import HumanAesScorer, positions_from_mask
+from humanaes.models.expert.tokenization import load_tokenizer
 
 ATOL = 1e-4
 VARIANTS = ["tiny_qwen2", "tiny_internlm2"]
@@ -52,7 +52,7 @@ def test_vision_features(case, key, pixels):
 
 @torch.no_grad()
 def test_vit_hidden_state_and_pixel_shuffle(case):
-    from humanaes.modeling import pixel_shuffle_v2
+    from humanaes.models.expert.modeling import pixel_shuffle_v2
 
     model, ref = case["model"], case["ref"]
     vit = model.vision_model(pixel_values=case["pixels"]["astronaut.max6"]).last_hidden_state

@@ -1,4 +1,4 @@
-"""Decoding, grid choice, tiling and normalisation (humanaes.preprocessing).
+"""Decoding, grid choice, tiling and normalisation (humanaes.models.expert.processing).
 
 The fixture part checks bit-exactness against the official HumanAesExpert preprocessing
 (/work/shared/fixtures/internvl2/preprocess, README section 1); everything else builds tiny
@@ -21,17 +21,15 @@ import pytest
 import torch
 from PIL import Image, features
 
-from humanaes import preprocessing as pp
 from humanaes.errors import ConfigError, ImageLoadError
-from humanaes.preprocessing import (
+from humanaes.io import images as pp
+from humanaes.io.images import load_image, source_name, to_rgb
+from humanaes.models.expert.processing import (
     TilingConfig,
     find_grid,
-    load_image,
     normalize_tiles,
     preprocess_image,
-    source_name,
     tile_image,
-    to_rgb,
 )
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "internvl2" / "preprocess"

@@ -1,4 +1,4 @@
-"""humanaes.report: the self-contained HTML report (parsed structure, escaping, no network)."""
+"""humanaes.io.report: the self-contained HTML report (parsed structure, escaping, no network)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from humanaes.io import COLUMNS, DIMENSION_COLUMNS, PROB_COLUMNS
-from humanaes.report import (
+from humanaes.io.report import (
     DIMENSION_LABELS,
     LEVEL_COLOURS,
     WCAG_AA_TEXT,

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from humanaes import checkpoint
+from humanaes.models.expert import checkpoint
 from humanaes.errors import CheckpointError
 from humanaes.safetensors_io import MAX_HEADER_BYTES, load_safetensors, read_header
 
-BUNDLED = Path(__file__).resolve().parents[1] / "humanaes" / "bundled"
+BUNDLED = Path(__file__).resolve().parents[1] / "humanaes" / "models" / "mini"
 
 
 def _craft(path: Path, header: dict, data: bytes = b"", *, declared_len: int | None = None) -> Path:
@@ -147,8 +147,8 @@ def test_every_loader_goes_through_the_validator(tmp_path):
     with pytest.raises(CheckpointError, match="model.safetensors: tensor 'w'"):
         list(checkpoint.iter_tensors([bad]))
 
-    from humanaes.bundled import facenet
-    from humanaes.bundled.scorer import load_model
+    from humanaes.models.mini import facenet
+    from humanaes.models.mini.scorer import load_model
 
     with pytest.raises(CheckpointError, match="tensor 'w'"):
         facenet.load_dlib_facenet(bad)
@@ -162,7 +162,7 @@ def test_every_loader_goes_through_the_validator(tmp_path):
     with pytest.raises(CheckpointError, match="humanaes-mini.safetensors: tensor 'w'"):
         load_model(mini)
 
-    from humanaes import trainer
+    from humanaes.training import trainer
 
     with pytest.raises(CheckpointError, match="tensor 'w'"):
         trainer._load_weights(bad)

@@ -205,8 +205,8 @@ def test_tiling_preprocessor_comes_from_the_config_alone(official, scorer, image
     import pickle
 
     from humanaes.distributed.stages import pack_prepared, unpack_prepared
-    from humanaes.preprocessing import TilePreprocessor
-    from humanaes.registry import load_preprocessor
+    from humanaes.models.expert.processing import TilePreprocessor
+    from humanaes.models.registry import load_preprocessor
 
     pre = load_preprocessor(official)
     assert isinstance(pre, TilePreprocessor) and pre == scorer.preprocessor()
@@ -222,12 +222,12 @@ def test_tiling_preprocessor_comes_from_the_config_alone(official, scorer, image
     assert [r.regression_score for r in again] == [r.regression_score for r in direct]
     ours = humanaes.save_checkpoint(scorer.model, tmp_path / "ours", tokenizer=scorer.tokenizer)
     assert load_preprocessor(ours) == pre
-    assert load_preprocessor("humanaes-tiny") == TilePreprocessor.from_config(humanaes.registry.preset_config("humanaes-tiny"))
+    assert load_preprocessor("humanaes-tiny") == TilePreprocessor.from_config(humanaes.models.registry.preset_config("humanaes-tiny"))
     assert load_preprocessor("humanaes-1b") is None  # weights (and config) not downloaded here
 
 
 def test_a_subclass_with_its_own_prepare_keeps_it(scorer, images):
-    from humanaes.scoring import HumanAesScorer
+    from humanaes.models.expert.scorer import HumanAesScorer
 
     class OwnPrepare(HumanAesScorer):
         def prepare(self, image, **options):

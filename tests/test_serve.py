@@ -34,7 +34,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from humanaes.bundled import BundledScorer, load_bundled  # noqa: E402
+from humanaes.models.mini import BundledScorer, load_bundled  # noqa: E402
 from humanaes.serve import ServeSettings, create_app  # noqa: E402
 from humanaes.serve import app as serve_app  # noqa: E402
 from humanaes.serve.settings import load_api_keys  # noqa: E402

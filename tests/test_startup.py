@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import humanaes
 from humanaes import runtime
-from humanaes.api import BaseScorer
+from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.hints import hint, hint_style, import_optional, missing_extra_message
@@ -239,7 +239,7 @@ def test_mode_hint_names_load_for_api_callers() -> None:
 
 
 def test_offline_hub_hint_uses_hf_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from humanaes.registry import resolve_hub
+    from humanaes.models.registry import resolve_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
@@ -334,7 +334,7 @@ def test_save_checkpoint_of_the_bundled_scorer_is_a_clear_error(tmp_path: Path) 
 def test_save_checkpoint_with_the_old_snippet_on_the_bundled_model(tmp_path: Path) -> None:
     """The README's former `save_checkpoint(scorer.model, ..., tokenizer=scorer.tokenizer)` with
     the default model: a HumanAesError that says why, not an AttributeError."""
-    from humanaes.bundled.scorer import BundledScorer, load_model
+    from humanaes.models.mini.scorer import BundledScorer, load_model
 
     model, meta = load_model(None, "cpu")
     scorer = BundledScorer(model, meta)
@@ -377,7 +377,7 @@ def test_the_bundled_models_licence_is_listed() -> None:
 
 def test_metric_without_validation_data_says_how_to_get_some(tmp_path: Path) -> None:
     from humanaes.errors import ConfigError
-    from humanaes.finetune import FinetuneConfig, run_training
+    from humanaes.training.finetune import FinetuneConfig, run_training
 
     if not (SHARED_DATA / "train_label.jsonl").exists():
         pytest.skip("shared MEBeauty data not available")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from humanaes.errors import CheckpointError
-from humanaes.tokenization import load_tokenizer
+from humanaes.models.expert.tokenization import load_tokenizer
 
 SPECIALS = ["<|im_end|>", "<|im_start|>", "<img>", "</img>", "<IMG_CONTEXT>"]
 

@@ -1,4 +1,4 @@
-"""humanaes.trainer: learning, exact resume, config errors, atomic checkpoints (all tiny, CPU)."""
+"""humanaes.training.trainer: learning, exact resume, config errors, atomic checkpoints (all tiny, CPU)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from humanaes.errors import CheckpointError, ConfigError
-from humanaes.trainer import (
+from humanaes.training.trainer import (
     MODEL_FILE,
     OPTIM_FILE,
     STATE_FILE,

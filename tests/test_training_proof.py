@@ -1,5 +1,5 @@
 """Proof that training works: a tiny random-init HumanAesExpert learns a synthetic task whose
-labels are a known function of the pixels (humanaes.synthetic), through the real pipeline:
+labels are a known function of the pixels (humanaes.training.synthetic), through the real pipeline:
 data files -> QA samples -> LoRA + heads joint loss -> merged export -> MetaVoter stage ->
 evaluation on held-out rows."""
 
@@ -10,14 +10,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from humanaes.checkpoint import save_humanaes
+from humanaes.models.expert.checkpoint import save_humanaes
 from humanaes.cli import main
 from humanaes.data import load_samples
-from humanaes.evaluation import evaluate
-from humanaes.registry import create_model, load, preset_config
+from humanaes.evaluation.evaluator import evaluate
+from humanaes.models.registry import create_model, load, preset_config
 from humanaes.schema import DIMENSIONS, score_to_level
-from humanaes.synthetic import make_dataset
-from humanaes.tokenization import load_tokenizer
+from humanaes.training.synthetic import make_dataset
+from humanaes.models.expert.tokenization import load_tokenizer
 
 
 def tiny_synthetic_model(folder):

@@ -24,7 +24,7 @@ def export_cmd(root: Path, export_format: str, out: Path, split: str) -> None:
     images ([absolute path]), scores (twelve floats; overall-only rows are eleven zeros and the
     overall score) and is_expert (0/1), as the release's prepare_data_for_swift.py writes them.
     """
-    from humanaes.swift import export_swift
+    from humanaes.data.swift import export_swift
 
     result = export_swift(root, out, split=split)
     click.echo(
@@ -38,7 +38,7 @@ def import_swift_file(
     source: str | None, copy: bool, force: bool,
 ) -> None:
     """`humanaes data import --format swift FILE --out ROOT --images-root DIR`."""
-    from humanaes.swift import import_swift
+    from humanaes.data.swift import import_swift
 
     if scale is not None:
         raise DataError("--scale does not apply to --format swift: its scores are already in [0, 1]")

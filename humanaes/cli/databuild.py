@@ -25,7 +25,7 @@ def build_cmd(spec: Path, out: Path, workers: int | None, copy: bool, force: boo
     is built beside --out and published in one step; an interrupted build keeps `<out>.work/` and
     resumes. See docs/data-build.md.
     """
-    from humanaes.databuild import BuildInterrupted, build_dataset
+    from humanaes.data.build import BuildInterrupted, build_dataset
 
     log = None if quiet else (lambda message: click.echo(message, err=True))
     try:

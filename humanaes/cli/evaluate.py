@@ -47,7 +47,7 @@ def eval_cmd(
     import humanaes
     from humanaes.data import load_samples
     from humanaes.errors import HumanAesError
-    from humanaes.evaluation import evaluate
+    from humanaes.evaluation.evaluator import evaluate
 
     # Read the labels before loading the model: a bad path should fail in a second, not minutes.
     samples = load_samples(data, split)

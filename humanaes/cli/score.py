@@ -360,7 +360,7 @@ def _failure_summary(failed: list[ScoreResult], displays: dict[str, str], out: P
 def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, quiet: bool) -> None:
     from tqdm import tqdm
 
-    from humanaes.report import write_report
+    from humanaes.io.report import write_report
 
     if not rows:
         _warn("no rows to report; --report not written")

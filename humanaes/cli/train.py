@@ -18,7 +18,7 @@ def train_cmd(config_file: Path, overrides: tuple[str, ...], resume: str | None)
     OVERRIDES are key=value pairs, e.g. trainer.lr=5e-5 data.max_tiles=6 lora.r=16.
     The merged model is written to <trainer.output_dir>/final in humanaes format.
     """
-    from humanaes.finetune import FinetuneConfig, run_training
+    from humanaes.training.finetune import FinetuneConfig, run_training
     from humanaes.hints import hint_style, import_optional
 
     with hint_style("config"):  # `train` has no --model/--device: hints name the config keys
@@ -42,7 +42,7 @@ def train_cmd(config_file: Path, overrides: tuple[str, ...], resume: str | None)
 def train_metavoter_cmd(model: str, data: str, split: str, out: Path, batch_size: int, max_tiles: int | None,
                         steps: int, seed: int, device: str) -> None:
     """Fit the MetaVoter on held-out training rows DATA (e.g. <run>/metavoter_holdout.jsonl)."""
-    from humanaes.metavoter import train_metavoter
+    from humanaes.training.metavoter import train_metavoter
 
     path, report = train_metavoter(model, data, out, split=split, batch_size=batch_size, max_tiles=max_tiles,
                                    steps=steps, seed=seed, device=device)
@@ -58,7 +58,7 @@ def train_metavoter_cmd(model: str, data: str, split: str, out: Path, batch_size
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
 def merge_lora_cmd(config_file: Path, checkpoint: Path, out: Path) -> None:
     """Merge a training CHECKPOINT's LoRA adapters into the weights; save in humanaes format."""
-    from humanaes.finetune import FinetuneConfig, export_checkpoint
+    from humanaes.training.finetune import FinetuneConfig, export_checkpoint
 
     click.echo(f"saved {export_checkpoint(FinetuneConfig.from_file(config_file), checkpoint, out)}")
 

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from humanaes.errors import HumanAesError, ModelNotFoundError
-from humanaes.preprocessing import ImageSource, TILE_SIZE, preprocess_image
-from humanaes.preprocessing import load_image as decode_image
-from humanaes.prompts import DEFAULT_GENERAL_QUESTION, IMAGE_PLACEHOLDER, expert_answer
+from humanaes.io.images import ImageSource
+from humanaes.models.expert.processing import TILE_SIZE, preprocess_image
+from humanaes.io.images import load_image as decode_image
+from humanaes.models.expert.prompts import DEFAULT_GENERAL_QUESTION, IMAGE_PLACEHOLDER, expert_answer
 from humanaes.runtime import DTYPES
 from humanaes.schema import DIMENSIONS, ScoreResult
 
@@ -69,7 +70,7 @@ def _check_kwargs(call: str, given: Mapping[str, Any], ignored: tuple[str, ...])
 
 def _model_folder(name_or_path: str | os.PathLike) -> Path:
     """A local folder for a path or a Hugging Face repo id (the cache first, then a download)."""
-    from humanaes.registry import _looks_like_hub_id, resolve_hub
+    from humanaes.models.registry import _looks_like_hub_id, resolve_hub
 
     name = os.fspath(name_or_path)
     path = Path(name).expanduser()
@@ -108,9 +109,9 @@ class AutoTokenizer:
         fast tokenizer (the same token ids as the official slow one), an InternLM2 folder with
         only `tokenizer.model` is converted from SentencePiece.
         """
-        from humanaes.checkpoint import detect_format
-        from humanaes.config import HumanAesConfig
-        from humanaes.tokenization import PACKAGED_PREFIX, load_tokenizer
+        from humanaes.models.expert.checkpoint import detect_format
+        from humanaes.models.expert.config import HumanAesConfig
+        from humanaes.models.expert.tokenization import PACKAGED_PREFIX, load_tokenizer
 
         _check_kwargs("AutoTokenizer.from_pretrained", kwargs, IGNORED_TOKENIZER_KWARGS)
         folder = _model_folder(pretrained_model_name_or_path)
@@ -140,7 +141,7 @@ class AutoModel:
         ignored: loading always streams the weights into an empty model, attention uses PyTorch's
         SDPA kernels, and no code from the checkpoint is ever run.
         """
-        from humanaes.registry import load_model
+        from humanaes.models.registry import load_model
 
         _check_kwargs("AutoModel.from_pretrained", kwargs, IGNORED_MODEL_KWARGS)
         dtype = _as_torch_dtype(torch_dtype)
@@ -274,7 +275,7 @@ class CompatModel:
 
     # -- plumbing --------------------------------------------------------------------------
     def _scorer(self, tokenizer: Any, question: str) -> Any:
-        from humanaes.scoring import HumanAesScorer
+        from humanaes.models.expert.scorer import HumanAesScorer
 
         key = (id(tokenizer), question)
         cached = self._scorers.get(key)
@@ -355,7 +356,7 @@ def _parse_to(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[torch.d
 
 def _decoding(generation_config: Any) -> tuple[int, Callable[[torch.Tensor], torch.Tensor] | None]:
     """(max_new_tokens, token picker or None for greedy) from an official generation_config."""
-    from humanaes.scoring import DEFAULT_MAX_NEW_TOKENS
+    from humanaes.models.expert.scorer import DEFAULT_MAX_NEW_TOKENS
 
     if generation_config is None:
         config: dict[str, Any] = {}

@@ -72,7 +72,7 @@ def validate_dataset(path: str | os.PathLike, *, open_images: bool = True, progr
     """
     from tqdm import tqdm
 
-    from humanaes.preprocessing import load_image
+    from humanaes.io.images import load_image
 
     path = Path(path)
     report = ValidationReport()

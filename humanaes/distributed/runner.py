@@ -100,20 +100,20 @@ def model_identity(model: str | None) -> tuple[str, str | None, str, type]:
     all without loading the model (the driver of a cluster job may have no GPU for it)."""
     from importlib import resources
 
-    from humanaes.registry import BUNDLED_DEFAULT, _is_bundled_folder
+    from humanaes.models.registry import BUNDLED_DEFAULT, _is_bundled_folder
 
     path = None if model is None else Path(model).expanduser()
     if model is None or model == BUNDLED_DEFAULT or (path is not None and _is_bundled_folder(path)):
-        from humanaes.bundled.scorer import BundledScorer
+        from humanaes.models.mini.scorer import BundledScorer
 
         if path is None or model == BUNDLED_DEFAULT:
-            meta_text = resources.files("humanaes.bundled").joinpath(f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
+            meta_text = resources.files("humanaes.models.mini").joinpath(f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
             name = BUNDLED_DEFAULT
         else:
             meta_text = (path / f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
             name = str(path.absolute())
         return name, json.loads(meta_text).get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class
-    from humanaes.scoring import HumanAesScorer
+    from humanaes.models.expert.scorer import HumanAesScorer
 
     # a HumanAesExpert checkpoint: its default mode depends on its trained heads ("default")
     assert path is not None
@@ -157,7 +157,7 @@ def preprocess_kwargs(config: BatchConfig, kwargs: dict[str, Any]) -> dict[str, 
     options), obtained without loading the model's heavy weights; None when the model has no
     preprocessor apart from its scorer (then the actors decode and prepare)."""
     from humanaes.options import parse_options
-    from humanaes.registry import load_preprocessor
+    from humanaes.models.registry import load_preprocessor
 
     preprocessor = load_preprocessor(config.model)
     if preprocessor is None:

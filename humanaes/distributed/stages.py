@@ -5,7 +5,7 @@
    missing or unreadable files and oversized ones become an `error`, never a failed task.
 2. `prepare_images` (CPU tasks): decode and preprocess each image with the model family's
    `Preprocessor` (`BaseScorer.preprocessor()`, obtained by the driver through
-   `humanaes.registry.load_preprocessor`, without the model's weights): the very object
+   `humanaes.models.registry.load_preprocessor`, without the model's weights): the very object
    `BaseScorer.score` runs in process, so inputs are identical. The prepared tensors travel to
    the actors as a safetensors blob per row (`pack_prepared`; no pickle). A bad image becomes
    an `error`, worded as `score` words it.
@@ -179,11 +179,11 @@ def trace(stage: str, count: int) -> None:
 def prepare_images(batch: Any, *, preprocessor: Any, options: Any) -> Any:
     """Stage 2: decode + preprocess the read bytes (`data` -> `prepared`); errors keep their row.
 
-    `preprocessor`: a `humanaes.preprocessing.Preprocessor`; `options`: the job's typed
+    `preprocessor`: a `humanaes.scorer.Preprocessor`; `options`: the job's typed
     ScoreOptions (decoding options such as apply_exif and max_pixels, and the family's own)."""
     import pyarrow as pa
 
-    from humanaes.api import prepare_items
+    from humanaes.scorer import prepare_items
 
     paths = batch.column("path").to_pylist()
     data = batch.column("data").to_pylist()

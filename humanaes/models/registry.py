@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from humanaes.config import HumanAesConfig
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.hints import hint
 from humanaes.modelinfo import bundled_metadata
@@ -31,7 +31,7 @@ BUNDLED_NAMES = (BUNDLED_DEFAULT,)
 
 @lru_cache(maxsize=None)
 def _preset_files() -> dict[str, Path]:
-    folder = resources.files("humanaes.presets")
+    folder = resources.files("humanaes.models.expert.presets")
     return {
         p.name[: -len(".json")]: Path(str(p))
         for p in folder.iterdir()
@@ -65,7 +65,7 @@ def create_model(
     training from scratch, tests and benchmarks. For trained weights use `load`."""
     import torch
 
-    from humanaes.modeling import HumanAesExpertModel
+    from humanaes.models.expert.modeling import HumanAesExpertModel
 
     if isinstance(name_or_config, HumanAesConfig):
         config, default_seed = name_or_config, 0
@@ -130,12 +130,12 @@ def load(
     path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
     if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
         # The bundled model needs neither transformers nor PEFT: keep them unimported (seconds).
-        from humanaes.bundled import load_bundled
+        from humanaes.models.mini import load_bundled
 
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
         scorer = load_bundled(str(dev), path=folder, dtype=dtype)
     else:
-        from humanaes.scoring import HumanAesScorer  # imports transformers: only for HumanAesExpert models
+        from humanaes.models.expert.scorer import HumanAesScorer  # imports transformers: only for HumanAesExpert models
 
         assert path is not None
         model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
@@ -150,7 +150,7 @@ def load(
 
 
 def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
-    """The decoding + preparation of model `name_or_path` (a `humanaes.preprocessing.Preprocessor`)
+    """The decoding + preparation of model `name_or_path` (a `humanaes.scorer.Preprocessor`)
     without its heavy weights, or None when that needs the loaded model.
 
     humanaes-mini: built from the packaged model (it loads in about a second; only its face
@@ -159,11 +159,11 @@ def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
     caller prepares with the loaded scorer instead)."""
     path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
     if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
-        from humanaes.bundled import load_bundled
+        from humanaes.models.mini import load_bundled
 
         folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
         return load_bundled("cpu", path=folder, dtype="float32").preprocessor()
-    from humanaes.preprocessing import TilePreprocessor
+    from humanaes.models.expert.processing import TilePreprocessor
 
     assert path is not None
     name = os.fspath(name_or_path)
@@ -174,7 +174,7 @@ def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
         return TilePreprocessor.from_config(preset_config(name))
     if not path.is_dir() or not (path / "config.json").is_file():
         return None
-    from humanaes.config import FORMAT_NAME, HumanAesConfig
+    from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
 
     try:
         data = json.loads((path / "config.json").read_text(encoding="utf-8"))
@@ -183,7 +183,7 @@ def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
     if data.get("format") == FORMAT_NAME:
         return TilePreprocessor.from_config(HumanAesConfig.load(path / "config.json"))
     if data.get("model_type") == "internvl_chat":
-        from humanaes.convert import config_from_internvl_chat
+        from humanaes.models.expert.convert import config_from_internvl_chat
 
         return TilePreprocessor.from_config(config_from_internvl_chat(data, name=path.name))
     return None
@@ -193,7 +193,7 @@ def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: 
     """Save a HumanAesExpert model (or the model and tokenizer of a scorer from `load`) in
     humanaes format, atomically; `load(folder)` reads it back. The bundled humanaes-mini model
     ships inside the package and is not saved this way (a clear error says so)."""
-    from humanaes.modeling import HumanAesExpertModel
+    from humanaes.models.expert.modeling import HumanAesExpertModel
 
     model = model_or_scorer
     if not isinstance(model, HumanAesExpertModel) and hasattr(model_or_scorer, "model"):
@@ -202,16 +202,16 @@ def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: 
             tokenizer = getattr(model_or_scorer, "tokenizer", None)
     if not isinstance(model, HumanAesExpertModel):
         what = getattr(model_or_scorer, "name", None) or type(model_or_scorer).__name__
-        if str(what) in BUNDLED_NAMES or type(model).__module__.startswith("humanaes.bundled"):
+        if str(what) in BUNDLED_NAMES or type(model).__module__.startswith("humanaes.models.mini"):
             what = BUNDLED_DEFAULT
             raise CheckpointError(
                 f"save_checkpoint saves HumanAesExpert models; {what} is the bundled model, which ships inside the "
-                "package (load it with humanaes.load()) and has its own format (humanaes.bundled.save_bundled)"
+                "package (load it with humanaes.load()) and has its own format (humanaes.models.mini.save_bundled)"
             )
         raise CheckpointError(
             f"save_checkpoint saves HumanAesExpert models (or scorers from humanaes.load of one), not {what}"
         )
-    from humanaes.checkpoint import save_humanaes
+    from humanaes.models.expert.checkpoint import save_humanaes
 
     return save_humanaes(model, folder, tokenizer=tokenizer)
 
@@ -224,10 +224,10 @@ def load_model(
     attn_implementation: str | None = "auto",
 ) -> tuple[Any, Any]:
     """A HumanAesExpertModel and its tokenizer from a preset, folder or hub id (no scorer)."""
-    from humanaes.checkpoint import detect_format, load_humanaes, load_original
-    from humanaes.modeling import choose_attn_implementation
+    from humanaes.models.expert.checkpoint import detect_format, load_humanaes, load_original
+    from humanaes.models.expert.modeling import choose_attn_implementation
     from humanaes.runtime import resolve_device, resolve_dtype
-    from humanaes.tokenization import load_tokenizer
+    from humanaes.models.expert.tokenization import load_tokenizer
 
     dev = resolve_device(device)
     name = os.fspath(name_or_path)
@@ -314,7 +314,7 @@ def _bundled_names() -> list[str]:
 
 
 def _is_bundled_folder(path: Path) -> bool:
-    """A folder written by humanaes.bundled.save_bundled (humanaes-mini.json + weights)."""
+    """A folder written by humanaes.models.mini.save_bundled (humanaes-mini.json + weights)."""
     return path.is_dir() and (path / f"{BUNDLED_DEFAULT}.json").is_file() and (path / f"{BUNDLED_DEFAULT}.safetensors").is_file()
 
 

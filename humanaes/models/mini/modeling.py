@@ -652,12 +652,12 @@ class FaceConfig:
 
     @property
     def zooms(self) -> tuple[float, ...]:
-        """The chips cut per face (see `humanaes.bundled.face.chip_template`)."""
+        """The chips cut per face (see `humanaes.models.mini.face.chip_template`)."""
         return (1.0, float(self.context_zoom)) if self.context_zoom else (1.0,)
 
     @property
     def feature_dim(self) -> int:
-        from humanaes.bundled.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM
+        from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM
 
         return POOLED_LEVELS_DIM * len(self.zooms) + (LAST_MAP_DIM if self.last_map else 0)
 
@@ -671,8 +671,8 @@ class FaceBranch(nn.Module):
 
     def __init__(self, config: FaceConfig | None = None):
         super().__init__()
-        from humanaes.bundled.face import FaceDetector
-        from humanaes.bundled.facenet import DlibFaceResNet
+        from humanaes.models.mini.face import FaceDetector
+        from humanaes.models.mini.facenet import DlibFaceResNet
 
         self.config = config or FaceConfig()
         self.detector = FaceDetector(detect_size=self.config.detect_size, min_face_fraction=self.config.min_face_fraction)
@@ -702,7 +702,7 @@ class FaceBranch(nn.Module):
         The mirror image's features are averaged in without flipping its 2x2 map back, so each
         map cell describes a region together with its mirror region: a left-right symmetric
         description that did better in cross-validation on the training split than flipping back."""
-        from humanaes.bundled.facenet import POOLED_LEVELS_DIM
+        from humanaes.models.mini.facenet import POOLED_LEVELS_DIM
 
         x = chips.float()
         if x.dim() == 4:

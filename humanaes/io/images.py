@@ -1,10 +1,11 @@
-"""Image decoding and the official InternVL2 dynamic tiling (reference section 5).
+"""Image decoding: any source (path, bytes, file object, PIL image) -> 8-bit RGB PIL image.
 
-Pipeline: `load_image` (any source -> 8-bit RGB PIL image) -> `tile_image` (uint8 tiles
-[N, 3, 448, 448]) -> `normalize_tiles` (ImageNet-normalised float tensor). `preprocess_image`
-chains the last two. With `apply_exif=False, alpha="drop"` decoding follows the official
-HumanAesExpert code (Image.open + convert('RGB')); the tiles and normalised values are bit-exact
-against the official preprocessing (checked against the fixtures in tests/test_preprocessing.py).
+`load_image` is the one decoder every model family uses (through `BaseScorer.decode`): EXIF
+orientation, alpha, 16-bit and float modes, HEIC/AVIF when pillow-heif is installed, a
+per-call decompression-bomb limit, and a clear ImageLoadError naming the item and the cause.
+It knows nothing of tiling or any model: a family's `processing` module takes the decoded image.
+With `apply_exif=False, alpha="drop"` it follows the official HumanAesExpert code
+(Image.open + convert('RGB')).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ import re
 import stat
 import threading
 import warnings
-from dataclasses import dataclass
-from typing import IO, Any, Literal, Union
+from typing import IO, Any, Literal, Protocol, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from humanaes.errors import ConfigError, ImageLoadError
@@ -34,218 +33,15 @@ AlphaMode = Literal["white", "drop"]
 # `max_pixels` is honoured.
 DEFAULT_MAX_PIXELS = 178_956_970
 
-TILE_SIZE = 448
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_MEAN = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-
 _ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = ("white", "drop")
 
 
-# --------------------------------------------------------------------------------------------
-# Tiling configuration and grid choice
-# --------------------------------------------------------------------------------------------
+class DraftTarget(Protocol):
+    """What `load_image(draft=...)` asks of a resize target: the smallest (width, height) the
+    decoded image may have, given the upright image's size (e.g. a tiling config's grid size)."""
 
-
-@dataclass(frozen=True)
-class TilingConfig:
-    """How an image is cut into tiles (HumanAesExpert: 1..12 tiles of 448 px plus a thumbnail)."""
-
-    max_tiles: int = 12
-    min_tiles: int = 1
-    tile_size: int = TILE_SIZE
-    use_thumbnail: bool = True
-
-    def __post_init__(self) -> None:
-        _check_tiling(self.min_tiles, self.max_tiles, self.tile_size)
-
-    def grid(self, width: int, height: int) -> tuple[int, int]:
-        """(cols, rows) chosen for an image of this size."""
-        return find_grid(width, height, min_tiles=self.min_tiles, max_tiles=self.max_tiles, tile_size=self.tile_size)
-
-    def num_tiles(self, width: int, height: int) -> int:
-        """Tiles the image will cost (grid tiles + thumbnail), without resizing anything."""
-        cols, rows = self.grid(width, height)
-        n = cols * rows
-        return n + 1 if (self.use_thumbnail and n > 1) else n
-
-
-def _check_tiling(min_tiles: int, max_tiles: int, tile_size: int) -> None:
-    if not (isinstance(min_tiles, int) and isinstance(max_tiles, int) and 1 <= min_tiles <= max_tiles):
-        raise ConfigError(f"tiling needs 1 <= min_tiles <= max_tiles, got min_tiles={min_tiles!r}, max_tiles={max_tiles!r}")
-    if not (isinstance(tile_size, int) and tile_size >= 1):
-        raise ConfigError(f"tile_size must be a positive integer, got {tile_size!r}")
-
-
-def _candidate_grids(min_tiles: int, max_tiles: int) -> list[tuple[int, int]]:
-    """All (cols, rows) with min <= cols*rows <= max, in increasing tile count.
-
-    Why the secondary key: the official code orders equal-count grids by Python set iteration
-    order, an artefact. Within one tile count it only matters on an exact aspect-ratio tie
-    between two grids of that count, which never happens with min_tiles=1 (1x1 is then always
-    strictly closer; checked for every max_tiles <= 40), so any fixed order reproduces the
-    official grids for HumanAesExpert's settings. We use wider-first for determinism.
-    """
-    grids = [
-        (cols, rows)
-        for cols in range(1, max_tiles + 1)
-        for rows in range(1, max_tiles // cols + 1)
-        if cols * rows >= min_tiles
-    ]
-    grids.sort(key=lambda g: (g[0] * g[1], -g[0]))
-    return grids
-
-
-def find_grid(
-    width: int, height: int, *, min_tiles: int = 1, max_tiles: int = 12, tile_size: int = TILE_SIZE
-) -> tuple[int, int]:
-    """The (cols, rows) tile grid InternVL2 picks for a width x height image.
-
-    Closest cols/rows to width/height wins; on an exactly equal distance a later (larger) grid
-    replaces the current one only if the image area exceeds half the grid's pixel area.
-    """
-    _check_tiling(min_tiles, max_tiles, tile_size)
-    if width < 1 or height < 1:
-        raise ConfigError(f"image size must be positive, got {width}x{height}")
-    # Float arithmetic on purpose: ties are decided by exact float equality, as in the official code.
-    aspect = width / height
-    best, best_diff = (1, 1), float("inf")
-    for cols, rows in _candidate_grids(min_tiles, max_tiles):
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and 2 * width * height > tile_size * tile_size * cols * rows:
-            # integer form of area > 0.5 * tile^2 * cols * rows (exact either way)
-            best = (cols, rows)
-    return best
-
-
-# --------------------------------------------------------------------------------------------
-# Tiling and normalisation
-# --------------------------------------------------------------------------------------------
-
-
-def tile_image(
-    image: Image.Image,
-    *,
-    max_tiles: int = 12,
-    min_tiles: int = 1,
-    tile_size: int = TILE_SIZE,
-    use_thumbnail: bool = True,
-) -> np.ndarray:
-    """Cut an image into InternVL2 tiles: uint8 array [N, 3, tile, tile], RGB, channels first.
-
-    Grid tiles come row by row, left to right; a bicubic thumbnail of the whole image is
-    appended when there is more than one grid tile. Non-RGB images go through `to_rgb` first.
-    """
-    if image.mode != "RGB":
-        image = to_rgb(image)
-    width, height = image.size
-    cols, rows = find_grid(width, height, min_tiles=min_tiles, max_tiles=max_tiles, tile_size=tile_size)
-    n_grid = cols * rows
-    thumb = use_thumbnail and n_grid > 1
-    t = tile_size
-
-    # One resize of the whole image (Pillow bicubic: antialiased, unlike torch's bicubic).
-    resized = image.resize((t * cols, t * rows), Image.Resampling.BICUBIC)
-    grid = np.asarray(resized)  # (rows*t, cols*t, 3), a read-only view on Pillow's bytes
-    out = np.empty((n_grid + int(thumb), 3, t, t), dtype=np.uint8)
-    # (rows, t, cols, t, 3) -> (rows, cols, 3, t, t): a single strided copy into the output,
-    # tiles in row-major order.
-    out[:n_grid].reshape(rows, cols, 3, t, t)[...] = grid.reshape(rows, t, cols, t, 3).transpose(0, 2, 4, 1, 3)
-    del grid, resized
-    if thumb:
-        # Squashed to a square from the original image, not from the resized grid (official).
-        out[n_grid] = np.asarray(image.resize((t, t), Image.Resampling.BICUBIC)).transpose(2, 0, 1)
-    return out
-
-
-def normalize_tiles(
-    tiles_uint8: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """(u8 / 255 - mean) / std with ImageNet mean/std, computed in float32, then cast to dtype.
-
-    Bit-exact with torchvision ToTensor + Normalize (the official transform). Accepts a numpy
-    array or torch tensor of shape [..., 3, H, W]; a CUDA tensor is normalised on its device.
-    """
-    if isinstance(tiles_uint8, np.ndarray):
-        if tiles_uint8.dtype != np.uint8:
-            raise TypeError(f"normalize_tiles expects uint8 tiles, got {tiles_uint8.dtype}")
-        arr = tiles_uint8 if tiles_uint8.flags.writeable else tiles_uint8.copy()  # from_numpy needs writable
-        u8 = torch.from_numpy(arr)
-    elif isinstance(tiles_uint8, torch.Tensor):
-        if tiles_uint8.dtype != torch.uint8:
-            raise TypeError(f"normalize_tiles expects uint8 tiles, got {tiles_uint8.dtype}")
-        u8 = tiles_uint8
-    else:
-        raise TypeError(f"normalize_tiles expects a numpy array or torch tensor, got {type(tiles_uint8).__name__}")
-    if u8.dim() < 3 or u8.shape[-3] != 3:
-        raise ValueError(f"normalize_tiles expects [..., 3, H, W], got shape {tuple(u8.shape)}")
-    device = u8.device
-    x = u8.to(torch.float32)  # fresh tensor, so the in-place ops below never touch the input
-    # Divide by a broadcast tensor, not a Python scalar: CUDA turns scalar division into a
-    # multiplication by the reciprocal (1 ulp off); tensor division is exact everywhere.
-    x.div_(torch.full((1, 1, 1), 255.0, dtype=torch.float32, device=device))
-    x.sub_(_MEAN.to(device)).div_(_STD.to(device))
-    return x if dtype == torch.float32 else x.to(dtype)
-
-
-def preprocess_image(
-    image: Image.Image | ImageSource,
-    *,
-    max_tiles: int = 12,
-    min_tiles: int = 1,
-    dtype: torch.dtype = torch.float32,
-    tile_size: int = TILE_SIZE,
-    use_thumbnail: bool = True,
-) -> torch.Tensor:
-    """Image (or any source `load_image` accepts) -> normalised tiles [N, 3, tile, tile]."""
-    if not isinstance(image, Image.Image):
-        image = load_image(image)
-    tiles = tile_image(image, max_tiles=max_tiles, min_tiles=min_tiles, tile_size=tile_size, use_thumbnail=use_thumbnail)
-    return normalize_tiles(tiles, dtype=dtype)
-
-
-class Preprocessor:
-    """Decoding + preparation of one image for one model family, apart from the model.
-
-    It holds only what those two steps need (tiling settings, a small face detector), never the
-    model's weights, and pickles: `humanaes batch --engine ray` runs it in CPU tasks and sends
-    the prepared inputs to the model actors, and `BaseScorer.score` runs the very same object in
-    process, so both give identical inputs. `__call__` returns the family's prepared input
-    (tensors) or raises ImageLoadError / HumanAesError naming the cause.
-    """
-
-    def __call__(self, source: ImageSource, name: str, options: Any) -> Any:
-        """`options`: the scorer's typed ScoreOptions (apply_exif, max_pixels, the family's own)."""
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class TilePreprocessor(Preprocessor):
-    """HumanAesExpert's preparation: decode, then InternVL2 dynamic tiling + normalisation."""
-
-    max_tiles: int = 12
-    min_tiles: int = 1
-    tile_size: int = TILE_SIZE
-    use_thumbnail: bool = True
-
-    @classmethod
-    def from_config(cls, config: Any) -> "TilePreprocessor":
-        """From a HumanAesConfig (or anything with its tiling attributes)."""
-        return cls(max_tiles=config.max_tiles, min_tiles=config.min_tiles, tile_size=config.image_size,
-                   use_thumbnail=config.use_thumbnail)
-
-    def prepare(self, image: Image.Image, max_tiles: int | None = None) -> torch.Tensor:
-        """A decoded RGB image -> normalised tiles [N, 3, tile, tile] (`max_tiles` None: the model's)."""
-        return preprocess_image(image, max_tiles=max_tiles or self.max_tiles, min_tiles=self.min_tiles,
-                                tile_size=self.tile_size, use_thumbnail=self.use_thumbnail)
-
-    def __call__(self, source: ImageSource, name: str, options: Any) -> torch.Tensor:
-        image = load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
-        return self.prepare(image, getattr(options, "max_tiles", None))
+    def draft_size(self, width: int, height: int) -> tuple[int, int]: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,7 +67,7 @@ def load_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     name: str | None = None,
     alpha: AlphaMode = "white",
-    draft: tuple[int, int] | TilingConfig | None = None,
+    draft: tuple[int, int] | DraftTarget | None = None,
 ) -> Image.Image:
     """Decode `source` (path, bytes, binary file object or PIL image) to an 8-bit RGB PIL image.
 
@@ -280,7 +76,8 @@ def load_image(
     - alpha: "white" composites transparent pixels onto white (what is under them is often
       black or garbage, which would skew scores); "drop" = official convert('RGB').
     - draft: JPEG only, off by default. Let libjpeg decode at 1/2, 1/4 or 1/8 scale while staying
-      at least this (width, height), or at least the grid size a TilingConfig would resize to.
+      at least this (width, height), or at least `draft.draft_size(width, height)` of the upright
+      image (a tiling config asks for the grid size it will resize to).
       Much faster for big photos, but pixels (and rarely the grid) differ from the official path.
 
     Raises ImageLoadError naming the item and the cause (missing file, folder, empty file,
@@ -584,15 +381,14 @@ def _exif_transpose(img: Image.Image) -> Image.Image:
         return img
 
 
-def _apply_draft(img: Image.Image, draft: tuple[int, int] | TilingConfig, orientation: int) -> None:
+def _apply_draft(img: Image.Image, draft: tuple[int, int] | DraftTarget, orientation: int) -> None:
     """Ask the JPEG decoder for a reduced-scale decode that stays at least the needed size."""
     swap = orientation in (5, 6, 7, 8)  # sizes are in stored (unrotated) orientation
-    if isinstance(draft, TilingConfig):
-        w, h = (img.height, img.width) if swap else img.size  # grid is chosen on the upright image
-        cols, rows = draft.grid(w, h)
-        need = (draft.tile_size * cols, draft.tile_size * rows)
-    else:
+    if isinstance(draft, tuple):
         need = (int(draft[0]), int(draft[1]))
+    else:
+        w, h = (img.height, img.width) if swap else img.size  # the target is chosen on the upright image
+        need = draft.draft_size(w, h)
     if swap:
         need = (need[1], need[0])
     img.draft("RGB", need)

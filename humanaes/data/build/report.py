@@ -51,8 +51,8 @@ def contact_sheet(
     copy kept instead on the right half, so the pair can be compared.
     """
     from humanaes.errors import ImageLoadError
-    from humanaes.plots import _font, _text
-    from humanaes.preprocessing import load_image
+    from humanaes.evaluation.plots import _font, _text
+    from humanaes.io.images import load_image
 
     chosen = sorted(random.Random(f"{seed}:{reason}").sample(range(len(drops)), min(SHEET_SAMPLE, len(drops))))
     shown = [drops[i] for i in chosen]

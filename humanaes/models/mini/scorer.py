@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from humanaes.api import BaseScorer
-from humanaes.bundled.face import FaceDetector, face_chips
-from humanaes.bundled.model import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
+from humanaes.scorer import BaseScorer
+from humanaes.models.mini.face import FaceDetector, face_chips
+from humanaes.models.mini.modeling import FaceBranch, FaceConfig, HumanAesMini, MiniConfig, MiniEnsemble
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.options import ScoreOptions, option
-from humanaes.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, Preprocessor, load_image
+from humanaes.io.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from humanaes.scorer import Preprocessor
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
 
@@ -212,7 +213,7 @@ def load_model(
     folds BatchNorm and uses channels-last (inference only)."""
     from humanaes.safetensors_io import load_safetensors
 
-    with resources.as_file(resources.files("humanaes.bundled")) as pkg_dir:
+    with resources.as_file(resources.files("humanaes.models.mini")) as pkg_dir:
         base = Path(directory) if directory is not None else Path(pkg_dir)
         weights, meta_path = base / WEIGHTS_FILE, base / META_FILE
         if not weights.is_file() or not meta_path.is_file():

@@ -18,11 +18,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from humanaes.config import FORMAT_NAME, HumanAesConfig
-from humanaes.convert import config_from_internvl_chat, convert_state_dict
+from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
+from humanaes.models.expert.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.fsutil import publish_dir
-from humanaes.modeling import HumanAesExpertModel
+from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.safetensors_io import iter_safetensors, read_header
 
 WEIGHTS_NAME = "model.safetensors"
@@ -122,7 +122,7 @@ def _materialise(model: HumanAesExpertModel) -> None:
             if type(child).__name__.endswith("RotaryEmbedding"):
                 setattr(parent, child_name, type(child)(config=child.config))
     if any(p.is_meta for p in model.metavoter.parameters()) or any(b.is_meta for b in model.metavoter.buffers()):
-        from humanaes.heads import MetaVoter
+        from humanaes.models.heads import MetaVoter
 
         model.metavoter = MetaVoter(model.config.metavoter.kind, model.config.metavoter.hidden)
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]

@@ -96,7 +96,7 @@ class ChatTemplate:
 
 @lru_cache(maxsize=None)
 def _templates() -> dict[str, dict]:
-    text = resources.files("humanaes.presets").joinpath("templates.json").read_text(encoding="utf-8")
+    text = resources.files("humanaes.models.expert.presets").joinpath("templates.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

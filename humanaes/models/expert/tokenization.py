@@ -14,7 +14,7 @@ SPECIAL_TOKENS_NEEDED = ("<img>", "</img>", "<IMG_CONTEXT>")
 
 
 def packaged_tokenizer_dir(name: str) -> Path:
-    path = Path(str(resources.files("humanaes.presets").joinpath("tokenizers", name)))
+    path = Path(str(resources.files("humanaes.models.expert.presets").joinpath("tokenizers", name)))
     if not (path / "tokenizer.json").exists():
         raise CheckpointError(f"no packaged tokenizer named {name!r}")
     return path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from humanaes.bundled.model import HumanAesMini, MiniConfig, MiniEnsemble
-from humanaes.bundled.scorer import BundledScorer, load_bundled, load_model, save_bundled
+from humanaes.models.mini.modeling import HumanAesMini, MiniConfig, MiniEnsemble
+from humanaes.models.mini.scorer import BundledScorer, load_bundled, load_model, save_bundled
 
 __all__ = ["BundledScorer", "HumanAesMini", "MiniConfig", "MiniEnsemble", "load_bundled", "load_model", "save_bundled"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from humanaes.config import HumanAesConfig
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ConfigError
 
 # (pattern, replacement) applied with re.fullmatch, first match wins.

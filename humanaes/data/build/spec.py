@@ -57,7 +57,7 @@ class SourceSpec:
 
 @dataclass(frozen=True)
 class FaceSettings:
-    """MTCNN settings of the human filter (see `humanaes.databuild.probe`)."""
+    """MTCNN settings of the human filter (see `humanaes.data.build.probe`)."""
 
     detect_size: int = 240  # the detector runs on a copy with this shorter side
     # smallest face searched for, x the shorter side; smaller faces (distant figures) are left

@@ -338,7 +338,7 @@ def load_dlib_facenet(path: str | Path) -> DlibFaceResNet:
     return model.eval()
 
 
-if __name__ == "__main__":  # python -m humanaes.bundled.facenet MODEL.dat OUT.safetensors
+if __name__ == "__main__":  # python -m humanaes.models.mini.facenet MODEL.dat OUT.safetensors
     import sys
 
     from safetensors.torch import save_file

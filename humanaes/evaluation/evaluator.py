@@ -1,6 +1,6 @@
 """Evaluate a scorer on labelled samples (reference section 8) and write a JSON + Markdown report.
 
-What is measured, each with every metric of humanaes.metrics:
+What is measured, each with every metric of humanaes.evaluation.metrics:
 - the mode's overall score vs the true overall score (the headline numbers);
 - the same per source (MEBeauty, AVA, ... behave very differently);
 - each head alone (LM, regression, expert overall, MetaVoter), the paper's ablation;
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 from humanaes.data import Sample
 from humanaes.errors import DataError
 from humanaes.hints import hint
-from humanaes.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics
+from humanaes.evaluation.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult, score_to_level
 
 if TYPE_CHECKING:  # import cycle-free typing only
-    from humanaes.api import BaseScorer
+    from humanaes.scorer import BaseScorer
 
 #: Head outputs compared in the ablation (report key -> label); read from a result by _head_values.
 HEADS: dict[str, str] = {
@@ -207,7 +207,7 @@ class EvalReport:
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, str]:
         """Write report.json, report.md, predictions.jsonl and the two PNG plots into out_dir."""
-        from humanaes.plots import confusion_plot, scatter_plot
+        from humanaes.evaluation.plots import confusion_plot, scatter_plot
 
         out = Path(out_dir)
         try:

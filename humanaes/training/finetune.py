@@ -7,10 +7,10 @@ LoRA too). Loss = CE on the answer tokens + MSE(regression) on overall-only rows
 12-dimension rows, every head reading the hidden state of the last prompt token.
 
 Stage 2 (`humanaes train-metavoter`): fit the MetaVoter on the frozen heads' scores of a held-out
-part of the training rows (see humanaes.metavoter).
+part of the training rows (see humanaes.training.metavoter).
 
 The generic loop (optimizer, schedule, accumulation, checkpoints, resume, logging, DDP) is
-humanaes.trainer; this module supplies the data, the model wrapper and its loss.
+humanaes.training.trainer; this module supplies the data, the model wrapper and its loss.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from humanaes.config import HumanAesConfig
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ConfigError, DataError, ImageLoadError
-from humanaes.heads import ExpertHead, RegressionHead
+from humanaes.models.heads import ExpertHead, RegressionHead
 from humanaes.hints import import_optional
-from humanaes.modeling import HumanAesExpertModel
-from humanaes.preprocessing import load_image, preprocess_image
-from humanaes.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
+from humanaes.models.expert.modeling import HumanAesExpertModel
+from humanaes.io.images import load_image
+from humanaes.models.expert.processing import preprocess_image
+from humanaes.models.expert.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
 from humanaes.schema import NUM_DIMENSIONS
-from humanaes.scoring import positions_from_mask
+from humanaes.models.expert.scorer import positions_from_mask
 
 IGNORE_INDEX = -100
 
@@ -89,13 +90,13 @@ class FinetuneConfig:
     loss: LossWeights = field(default_factory=LossWeights)
     gradient_checkpointing: bool = False
     load_dtype: str = "float32"  # dtype of the frozen weights (bfloat16 halves their memory)
-    trainer: dict[str, Any] = field(default_factory=dict)  # humanaes.trainer.TrainerConfig keys
+    trainer: dict[str, Any] = field(default_factory=dict)  # humanaes.training.trainer.TrainerConfig keys
 
     SECTIONS = {"data": DataSettings, "lora": LoraSettings, "loss": LossWeights}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FinetuneConfig":
-        from humanaes.trainer import TrainerConfig
+        from humanaes.training.trainer import TrainerConfig
 
         _check(cls, data, "training config")
         values = dict(data)
@@ -115,7 +116,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "FinetuneConfig":
-        from humanaes.trainer import load_config_file
+        from humanaes.training.trainer import load_config_file
 
         data = load_config_file(path)
         for item in overrides or []:
@@ -353,7 +354,7 @@ class FinetuneModule(nn.Module):
 def prepare_model(init: str, load_dtype: str = "float32", new_heads: bool = True, seed: int = 42) -> tuple[HumanAesExpertModel, Any]:
     """The starting model: an official checkpoint, a plain InternVL2 base (heads created fresh,
     seeded), our own checkpoint or a preset."""
-    from humanaes.registry import load_model
+    from humanaes.models.registry import load_model
 
     model, tokenizer = load_model(init, dtype=load_dtype)
     if new_heads:
@@ -394,8 +395,8 @@ def split_holdout(samples: list[Any], ratio: float, seed: int, what: str = "data
 
 def make_eval_fn(module: FinetuneModule, tokenizer: Any, samples: list[Any], batch_size: int, max_tiles: int):
     """Validation during training: each head's PLCC/SRCC/RMSE on the validation rows."""
-    from humanaes.metrics import compute_metrics
-    from humanaes.scoring import HumanAesScorer
+    from humanaes.evaluation.metrics import compute_metrics
+    from humanaes.models.expert.scorer import HumanAesScorer
 
     sources = [str(s.image) for s in samples]
     truth = [float(s.score) for s in samples]
@@ -421,9 +422,9 @@ def make_eval_fn(module: FinetuneModule, tokenizer: Any, samples: list[Any], bat
 
 def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Stage 1 end to end: data, model, LoRA, trainer, export of the merged model."""
-    from humanaes.checkpoint import save_humanaes
+    from humanaes.models.expert.checkpoint import save_humanaes
     from humanaes.data import load_samples
-    from humanaes.trainer import Trainer, TrainerConfig
+    from humanaes.training.trainer import Trainer, TrainerConfig
 
     tconfig = TrainerConfig.from_dict({**config.trainer, **({"resume_from": resume} if resume else {})})
     out_dir = Path(tconfig.output_dir)
@@ -486,8 +487,8 @@ def _write_rows(path: Path, samples: list[Any]) -> None:
 
 def export_checkpoint(config: FinetuneConfig, checkpoint: str | Path, out: str | Path) -> Path:
     """Merge a stage-1 checkpoint's adapters into the `init` weights and save in our format."""
-    from humanaes.checkpoint import save_humanaes
-    from humanaes.trainer import MODEL_FILE, _load_weights
+    from humanaes.models.expert.checkpoint import save_humanaes
+    from humanaes.training.trainer import MODEL_FILE, _load_weights
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / MODEL_FILE).exists():

@@ -17,10 +17,26 @@ from PIL import Image
 from humanaes.errors import HumanAesError, ImageLoadError
 from humanaes.hints import hint
 from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
-from humanaes.preprocessing import ImageSource, Preprocessor, load_image, source_name
+from humanaes.io.images import ImageSource, load_image, source_name
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 logger = logging.getLogger(__name__)
+
+
+class Preprocessor:
+    """Decoding + preparation of one image for one model family, apart from the model.
+
+    It holds only what those two steps need (tiling settings, a small face detector), never the
+    model's weights, and pickles: `humanaes batch --engine ray` runs it in CPU tasks and sends
+    the prepared inputs to the model actors, and `BaseScorer.score` runs the very same object in
+    process, so both give identical inputs. `__call__` returns the family's prepared input
+    (tensors) or raises ImageLoadError / HumanAesError naming the cause.
+    """
+
+    def __call__(self, source: ImageSource, name: str, options: Any) -> Any:
+        """`options`: the scorer's typed ScoreOptions (apply_exif, max_pixels, the family's own)."""
+        raise NotImplementedError
+
 
 
 class BaseScorer(abc.ABC):
@@ -132,7 +148,7 @@ class BaseScorer(abc.ABC):
 
     def preprocessor(self) -> Preprocessor | None:
         """This scorer's decoding + preparation as a picklable object without the model's
-        weights (see `humanaes.preprocessing.Preprocessor`), or None when the family's
+        weights (see `Preprocessor` above), or None when the family's
         `decode` / `prepare` hooks must run with the scorer itself (then `humanaes batch` runs
         them in its model actors). Families return one only while those hooks are their own."""
         return None

@@ -3,7 +3,7 @@
 vision_model    transformers' InternVLVisionModel (InternViT: fused qkv split, layer scales)
 projector       `mlp1`: LayerNorm -> Linear -> GELU -> Linear over pixel-shuffled features
 language_model  Qwen2ForCausalLM (1B) or LlamaForCausalLM (8B, converted from InternLM2)
-regression_head, expert_head, metavoter   ours (humanaes.heads)
+regression_head, expert_head, metavoter   ours (humanaes.models.heads)
 
 The model exposes the pieces (image features, embedding splice, LLM pass, heads) instead of one
 monolithic forward, because scoring reuses a cached prompt prefix and training needs the hidden
@@ -22,9 +22,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.activations import ACT2FN
 from transformers.models.internvl import InternVLVisionConfig, InternVLVisionModel
 
-from humanaes.config import HumanAesConfig
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import ConfigError
-from humanaes.heads import ExpertHead, MetaVoter, RegressionHead
+from humanaes.models.heads import ExpertHead, MetaVoter, RegressionHead
 from humanaes.schema import LEVELS
 
 # InternViT-300M-448px as InternVL2 uses it: LayerNorm, qkv bias, layer scale, no qk-norm, no

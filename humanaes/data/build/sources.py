@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from humanaes.databuild.spec import SourceSpec, read_text_file
+from humanaes.data.build.spec import SourceSpec, read_text_file
 from humanaes.errors import DataError
 
 #: Score decimals in the label files (as the shared HumanBeauty copy).

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from humanaes.databuild import report as R
-from humanaes.databuild.dedup import duplicate_groups
-from humanaes.databuild.probe import ProbeSettings
-from humanaes.databuild.sources import SourceRow, SourceTable, read_source
-from humanaes.databuild.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
+from humanaes.data.build import report as R
+from humanaes.data.build.dedup import duplicate_groups
+from humanaes.data.build.probe import ProbeSettings
+from humanaes.data.build.sources import SourceRow, SourceTable, read_source
+from humanaes.data.build.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
 from humanaes.errors import DataError, HumanAesError
 from humanaes.schema import score_to_level
 
@@ -180,7 +180,7 @@ def _probe_one(path: str) -> tuple[str, dict[str, Any]]:
     if _WORKER is None:
         import torch
 
-        from humanaes.databuild.probe import Prober
+        from humanaes.data.build.probe import Prober
 
         torch.set_num_threads(1)  # one process per core already
         _WORKER = Prober(_WORKER_SETTINGS)  # type: ignore[arg-type]
@@ -216,7 +216,7 @@ def _probe_all(
     """Facts of every path (cached ones reused); returns (facts, probed now, reused)."""
     from tqdm import tqdm
 
-    from humanaes.databuild.probe import check_dependencies
+    from humanaes.data.build.probe import check_dependencies
 
     check_dependencies(settings)  # here, before any worker starts
     done = _read_cache(cache)
@@ -250,7 +250,7 @@ def _probe_all(
 
         try:
             if workers <= 1:
-                from humanaes.databuild.probe import Prober
+                from humanaes.data.build.probe import Prober
 
                 prober = Prober(settings)
                 for path_text, path in todo.items():

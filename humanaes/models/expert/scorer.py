@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from humanaes.api import BaseScorer
-from humanaes.config import HumanAesConfig
+from humanaes.scorer import BaseScorer
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import HumanAesError
-from humanaes.modeling import HumanAesExpertModel
-from humanaes import preprocessing
+from humanaes.models.expert.modeling import HumanAesExpertModel
+from humanaes.models.expert import processing as preprocessing
 from humanaes.options import ScoreOptions, option
-from humanaes.prompts import (
+from humanaes.models.expert.prompts import (
     DEFAULT_EXPERT_QUESTION,
     DEFAULT_GENERAL_QUESTION,
     PromptIds,

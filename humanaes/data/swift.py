@@ -32,7 +32,7 @@ from typing import Any
 from humanaes.data import EXPERT_SUBSET, OVERALL_SUBSET, SPLIT_SUFFIX, SUBSET_LABEL, Sample, load_samples
 from humanaes.errors import DataError
 from humanaes.fsutil import OutputLock, atomic_write, publish_dir
-from humanaes.prompts import ANSWER_PREFIX, expert_answer, overall_answer
+from humanaes.models.expert.prompts import ANSWER_PREFIX, expert_answer, overall_answer
 from humanaes.schema import LEVELS, NUM_DIMENSIONS, OVERALL
 
 SWIFT_KEYS: tuple[str, ...] = ("query", "response", "history", "images", "scores", "is_expert")

@@ -4,7 +4,7 @@
 cache it in its work folder and resume). It never raises for a bad image: the cause goes into
 `error`. The detectors:
 
-- **Faces**: the MTCNN cascade that ships with the bundled model (`humanaes.bundled.face`),
+- **Faces**: the MTCNN cascade that ships with the bundled model (`humanaes.models.mini.face`),
   weights read from `humanaes-mini.safetensors`; nothing is downloaded.
 - **A person without a visible face**: OpenCV's HOG + linear SVM people detector (Dalal and
   Triggs, 2005), whose coefficients are compiled into `opencv-python-headless` 4.x, so it works
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from humanaes.databuild.spec import Filters, require_extra
+from humanaes.data.build.spec import Filters, require_extra
 from humanaes.errors import ConfigError, ImageLoadError
 
 #: HOG runs on a copy whose longer side is at most this (people smaller than the 64x128 window
@@ -50,7 +50,7 @@ class ProbeSettings:
     def from_filters(cls, filters: Filters) -> "ProbeSettings":
         human = filters.human
         faces = filters.needs_faces
-        from humanaes.databuild.spec import FaceSettings
+        from humanaes.data.build.spec import FaceSettings
 
         face = human.faces if human is not None else FaceSettings()
         return cls(
@@ -75,8 +75,8 @@ def load_face_detector(detect_size: int, min_face_fraction: float) -> Any:
     import torch
     from safetensors import safe_open
 
-    from humanaes.bundled.face import FaceDetector
-    from humanaes.bundled.scorer import WEIGHTS_FILE
+    from humanaes.models.mini.face import FaceDetector
+    from humanaes.models.mini.scorer import WEIGHTS_FILE
 
     detector = FaceDetector(
         detect_size=detect_size,
@@ -85,7 +85,7 @@ def load_face_detector(detect_size: int, min_face_fraction: float) -> Any:
         max_refined=MAX_FACE_CANDIDATES,
     )
     prefix = "face.detector."
-    with resources.as_file(resources.files("humanaes.bundled") / WEIGHTS_FILE) as weights:
+    with resources.as_file(resources.files("humanaes.models.mini") / WEIGHTS_FILE) as weights:
         with safe_open(str(weights), "pt") as handle:
             state = {k[len(prefix):]: handle.get_tensor(k).to(torch.float32) for k in handle.keys() if k.startswith(prefix)}
     if not state:
@@ -151,7 +151,7 @@ class Prober:
         self._imagehash = require_extra("imagehash", "the near-duplicate filter") if settings.perceptual_hash else None
 
     def probe(self, path: Path) -> dict[str, Any]:
-        from humanaes.preprocessing import load_image
+        from humanaes.io.images import load_image
 
         facts: dict[str, Any] = {"sha256": None, "error": None, "width": None, "height": None,
                                  "faces": None, "person_weight": None, "phash": None}
