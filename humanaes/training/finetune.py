@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from humanaes.models.expert.config import HumanAesConfig
+from humanaes.config_keys import check_keys
 from humanaes.errors import CheckpointError, ConfigError, DataError, ImageLoadError
 from humanaes.models.heads import ExpertHead, RegressionHead
 from humanaes.hints import import_optional
@@ -36,7 +37,7 @@ from humanaes.io.images import load_image
 from humanaes.models.expert.processing import preprocess_image
 from humanaes.models.expert.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
 from humanaes.schema import NUM_DIMENSIONS
-from humanaes.models.expert.scorer import positions_from_mask
+from humanaes.models.expert.batching import positions_from_mask
 
 IGNORE_INDEX = -100
 
@@ -98,13 +99,13 @@ class FinetuneConfig:
     def from_dict(cls, data: dict[str, Any]) -> "FinetuneConfig":
         from humanaes.training.trainer import TrainerConfig
 
-        _check(cls, data, "training config")
+        check_keys(cls, data, "training config")
         values = dict(data)
         for name, klass in cls.SECTIONS.items():
             section = values.get(name) or {}
             if not isinstance(section, dict):
                 raise ConfigError(f"config section {name!r} must be a mapping")
-            _check(klass, section, f"{name}")
+            check_keys(klass, section, f"{name}")
             values[name] = klass(**section)
         config = cls(**values)
         TrainerConfig.from_dict(config.trainer)  # validate its keys now, with their own message
@@ -125,13 +126,6 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _check(klass: type, data: dict[str, Any], what: str) -> None:
-    valid = sorted(f.name for f in dataclasses.fields(klass))
-    unknown = [k for k in data if k not in valid]
-    if unknown:
-        raise ConfigError(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(valid)}")
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:

@@ -54,6 +54,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from humanaes.config_keys import check_keys, field_names
 from humanaes.errors import CheckpointError, ConfigError, HumanAesError
 from humanaes.fsutil import publish_dir
 
@@ -131,16 +132,13 @@ class TrainerConfig:
 
     @classmethod
     def valid_keys(cls) -> list[str]:
-        return sorted(f.name for f in dataclasses.fields(cls))
+        return field_names(cls)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainerConfig":
         if not isinstance(data, Mapping):
             raise ConfigError(f"trainer config must be a mapping, got {type(data).__name__}")
-        valid = cls.valid_keys()
-        for key in data:
-            if key not in valid:
-                raise ConfigError(f"unknown trainer config key {key!r}; valid keys: {', '.join(valid)}")
+        check_keys(cls, data, "trainer config")
         values = dict(data)
         for key in ("lr", "weight_decay", "eps", "warmup_ratio", "min_lr_ratio", "max_grad_norm", "ema_decay"):
             # YAML 1.1 reads `lr: 1e-4` as a string; users mean the number.

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from humanaes.config_keys import check_keys
 from humanaes.errors import ConfigError
 from humanaes.schema import LEVEL_CENTRES
 
@@ -87,11 +88,11 @@ class HumanAesConfig:
         data = dict(data)
         data.pop("format", None)
         data.pop("format_version", None)
-        _check_keys(cls, data, "model config")
+        check_keys(cls, data, "model config")
         heads = data.pop("heads", {}) or {}
         metavoter = data.pop("metavoter", {}) or {}
-        _check_keys(HeadsConfig, heads, "heads")
-        _check_keys(MetaVoterConfig, metavoter, "metavoter")
+        check_keys(HeadsConfig, heads, "heads")
+        check_keys(MetaVoterConfig, metavoter, "metavoter")
         return cls(heads=HeadsConfig(**heads), metavoter=MetaVoterConfig(**metavoter), **data)
 
     def save(self, path: str | Path) -> None:
@@ -106,8 +107,3 @@ class HumanAesConfig:
         return cls.from_dict(data)
 
 
-def _check_keys(klass: type, data: dict[str, Any], what: str) -> None:
-    valid = {f.name for f in dataclasses.fields(klass)}
-    unknown = sorted(set(data) - valid)
-    if unknown:
-        raise ConfigError(f"unknown {what} key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")

@@ -26,6 +26,7 @@ from PIL import Image
 from humanaes.scorer import BaseScorer
 from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import HumanAesError
+from humanaes.models.expert.batching import left_pad, positions_from_mask  # noqa: F401 - also importable from here, as before
 from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.models.expert import processing as preprocessing
 from humanaes.options import ScoreOptions, option
@@ -53,21 +54,6 @@ class ExpertOptions(ScoreOptions):
     max_new_tokens: int = option(
         DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1, maximum=2048
     )
-
-
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def positions_from_mask(mask: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    return pos if offset is None else pos + offset.unsqueeze(-1)
 
 
 class HumanAesScorer(BaseScorer):

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from humanaes.config_keys import check_keys
 from humanaes.errors import CheckpointError, ConfigError
 from humanaes.runtime import autocast_to
 from humanaes.schema import APPEARANCE_LEAVES, FACE_LEAVES, OVERALL
@@ -63,14 +64,6 @@ MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
 HEADS = ("regression", "expert", "metavoter")
 
 
-def check_config_keys(cls: type, data: Mapping[str, Any], what: str) -> None:
-    """Refuse keys that are not fields of the dataclass `cls`, naming the valid ones."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"unknown {what} key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
-
-
 @dataclass
 class MiniConfig:
     """Architecture and preprocessing of a humanaes-mini checkpoint (stored in its JSON)."""
@@ -94,7 +87,7 @@ class MiniConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "MiniConfig":
-        check_config_keys(cls, data, "humanaes-mini config")
+        check_keys(cls, data, "humanaes-mini config")
         values = dict(data)
         for key in ("mean", "std"):
             if values.get(key) is not None:
@@ -642,7 +635,7 @@ class FaceConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "FaceConfig":
-        check_config_keys(cls, data, "face config")
+        check_keys(cls, data, "face config")
         cfg = cls(**dict(data))
         if not 0.0 <= cfg.weight <= 1.0:
             raise ConfigError(f"face weight must be in [0, 1], got {cfg.weight!r}")
