@@ -59,4 +59,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BUNDLED_NAME", "ModelFacts", "bundled_licence", "bundled_metadata", "bundled_score_meaning", "model_facts"]
+__all__ = ["ModelFacts", "model_facts"]  # the _MOVED names still import from here (see __getattr__)

@@ -172,11 +172,13 @@ def test_a_name_taken_by_another_package_is_refused(monkeypatch: pytest.MonkeyPa
 
 
 def _bundled_folder(folder: Path) -> Path:
-    """A folder in the bundled model's format (links to the packaged files)."""
+    """A folder in the bundled model's format: the packaged weights (linked) and a copy of its
+    metadata that says where it comes from."""
     folder.mkdir(parents=True)
     package = Path(str(resources.files("humanaes.models.mini")))
-    for name in ("humanaes-mini.json", "humanaes-mini.safetensors"):
-        (folder / name).symlink_to(package / name)
+    (folder / "humanaes-mini.safetensors").symlink_to(package / "humanaes-mini.safetensors")
+    meta = json.loads((package / "humanaes-mini.json").read_text(encoding="utf-8"))
+    (folder / "humanaes-mini.json").write_text(json.dumps({**meta, "copied_to": folder.name}))
     return folder
 
 
@@ -222,7 +224,7 @@ def test_folders_of_each_family(tmp_path: Path, config: dict | str, family: str)
 def test_a_bundled_folder_loads_as_the_bundled_model(tmp_path: Path) -> None:
     scorer = humanaes.load(_bundled_folder(tmp_path / "copy"), device="cpu", dtype="float32", threads=None)
     reference = humanaes.load(device="cpu", dtype="float32", threads=None)
-    assert type(scorer).__name__ == "BundledScorer"
+    assert type(scorer).__name__ == "BundledScorer" and scorer.meta["copied_to"] == "copy"  # read from the folder
     a, b = (s.score(EXAMPLES / "astronaut.png")[0].overall for s in (scorer, reference))
     assert a == b
 

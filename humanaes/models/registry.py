@@ -398,8 +398,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
+__all__ = [  # list_presets, get_preset and preset_config still import from here (see __getattr__)
     "BUNDLED_DEFAULT", "LoadSettings", "ModelEntry", "ModelFamily", "Resolved", "create_model", "families",
-    "get_family", "get_preset", "list_models", "list_presets", "load", "load_model", "load_preprocessor",
-    "model_names", "preset_config", "register_family", "resolve", "resolve_hub", "save_checkpoint",
+    "get_family", "list_models", "load", "load_model", "load_preprocessor", "model_names", "register_family",
+    "resolve", "resolve_hub", "save_checkpoint",
 ]
