@@ -285,6 +285,39 @@ def test_public_functions_are_typed() -> None:
         assert set(entry) == set(registry.ModelEntry.__annotations__)
 
 
+def test_annotations_name_real_types() -> None:
+    """The annotations (strings, with TYPE_CHECKING imports) resolve to the classes they mean."""
+    import typing
+
+    import torch
+
+    from humanaes.modelinfo import ModelFacts
+    from humanaes.models.expert import family as expert
+    from humanaes.models.expert.config import HumanAesConfig
+    from humanaes.models.expert.modeling import HumanAesExpertModel
+    from humanaes.models.expert.processing import TilePreprocessor
+    from humanaes.models.expert.scorer import HumanAesScorer
+    from humanaes.scorer import Preprocessor
+
+    names = {"torch": torch, "BaseScorer": BaseScorer, "Preprocessor": Preprocessor, "ModelFacts": ModelFacts,
+             "HumanAesConfig": HumanAesConfig, "HumanAesExpertModel": HumanAesExpertModel,
+             "TilePreprocessor": TilePreprocessor, "HumanAesScorer": HumanAesScorer}
+    assert typing.get_type_hints(registry.load, {**vars(registry), **names})["return"] is BaseScorer
+    assert typing.get_type_hints(registry.save_checkpoint, {**vars(registry), **names})["return"] is Path
+    for cls in (registry.ModelFamily, registry.Resolved, registry.LoadSettings):
+        typing.get_type_hints(cls, {**vars(registry), **names})
+    hints = typing.get_type_hints(expert.create_expert_model, {**vars(expert), **names})
+    assert hints["return"] is HumanAesExpertModel
+    assert typing.get_type_hints(expert.load_scorer, {**vars(expert), **names})["return"] is HumanAesScorer
+
+
+def test_humanaes_models_is_one_row_per_registered_name() -> None:
+    listed = CliRunner().invoke(main, ["models", "--json"])
+    rows = json.loads(listed.output)
+    assert [(r["family"], r["name"]) for r in rows] == [(f.name, n) for f in registry.families() for n in f.names()]
+    assert [r["name"] for r in rows] == registry.model_names() == ["humanaes-mini", *humanaes.list_presets()]
+
+
 def test_create_model_and_load_model_are_the_expert_familys(tmp_path: Path) -> None:
     import torch
 
