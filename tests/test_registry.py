@@ -269,6 +269,22 @@ def test_hub_ids_resolve_to_a_folder_then_a_family(tmp_path: Path, monkeypatch: 
     assert registry.load_preprocessor("someone/Other") is None and asked == ["someone/Model"]
 
 
+def test_a_pretrained_preset_loads_from_its_hub_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    from humanaes.models.expert import family as expert
+
+    asked: list[str] = []
+
+    def offline(repo: str) -> Path:
+        asked.append(repo)
+        raise ModelNotFoundError(f"{repo} is not cached")
+
+    monkeypatch.setattr(expert, "resolve_hub", offline)
+    with pytest.raises(ModelNotFoundError, match="is not cached"):
+        humanaes.load("humanaes-1b", device="cpu")
+    assert asked == [humanaes.get_preset("humanaes-1b")["hub_id"]] and "/" in asked[0]
+    assert registry.load_preprocessor("humanaes-1b") is None and len(asked) == 1  # nothing fetched for that
+
+
 # -- typed returns and dispatch ----------------------------------------------------------------
 
 

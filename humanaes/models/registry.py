@@ -7,6 +7,12 @@ subpackages itself (pkgutil), so a third family is one new folder and nothing el
 registration module stays light (no torch): its loaders import the heavy modules when called,
 so `humanaes models` and `--help` stay instant and the bundled model never imports transformers.
 
+Adding a family: create `humanaes/models/<family>/` whose `__init__.py` imports a light
+`family.py` that calls `register_family(ModelFamily(...))` with its names, the folders it
+claims, a loader returning a `humanaes.scorer.BaseScorer` subclass, and its `humanaes models`
+rows (optionally: a weight-free preprocessor, random-init `create`, `save`, and the facts the
+report prints). Nothing else in humanaes changes (tests/test_registry.py adds one that way).
+
 Resolution order of `load(name_or_path)`:
   None                 the bundled default model (small CNN shipped in the package)
   a bundled name       that bundled model
