@@ -372,7 +372,7 @@ def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, qu
 @click.command("models")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_command(as_json: bool) -> None:
-    """List model presets and bundled models, and what their scores mean."""
+    """List the registered models (one row per name: bundled, presets, any other family) and what their scores mean."""
     import humanaes
     from humanaes.cli.wrap import format_wrapped_table
 

@@ -1,110 +1,212 @@
-"""Model presets (data in presets/*.json), `create_model`, and `load` — name or path to scorer.
+"""The model registry: `load`, `create_model`, `list_models`, `load_preprocessor` and
+`save_checkpoint` for every registered model family.
+
+A family is one subpackage of `humanaes.models` (`expert/`: HumanAesExpert, `mini/`: the bundled
+humanaes-mini) that registers a `ModelFamily` when imported. The registry imports those
+subpackages itself (pkgutil), so a third family is one new folder and nothing else. A family's
+registration module stays light (no torch): its loaders import the heavy modules when called,
+so `humanaes models` and `--help` stay instant and the bundled model never imports transformers.
+
+Adding a family: create `humanaes/models/<family>/` whose `__init__.py` imports a light
+`family.py` that calls `register_family(ModelFamily(...))` with its names, the folders it
+claims, a loader returning a `humanaes.scorer.BaseScorer` subclass, and its `humanaes models`
+rows (optionally: a weight-free preprocessor, random-init `create`, `save`, and the facts the
+report prints). Nothing else in humanaes changes (tests/test_registry.py adds one that way).
 
 Resolution order of `load(name_or_path)`:
   None                 the bundled default model (small CNN shipped in the package)
   a bundled name       that bundled model
   a preset name        random-init presets build in memory; pretrained ones resolve to their hub id
-  an existing folder   our format, the original InternVL2/HumanAesExpert layout, or a bundled model
-  "org/name"           a Hugging Face Hub repo (local cache first; download when online)
+                       (a folder of the same name in the working directory wins over a preset)
+  an existing folder   the first family that claims it: a bundled model (humanaes-mini.json +
+                       weights), our HumanAesExpert format or the original InternVL2 layout
+  "org/name"           a Hugging Face Hub repo (local cache first; download when online), then
+                       read as a folder
 """
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
-from functools import lru_cache
-from importlib import resources
+import pkgutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, overload
 
-from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.hints import hint
-from humanaes.modelinfo import bundled_metadata
 
 if TYPE_CHECKING:  # torch loads on first use: `humanaes models` and `--help` stay instant
     import torch
+
+    from humanaes.modelinfo import ModelFacts
+    from humanaes.models.expert.config import HumanAesConfig
+    from humanaes.models.expert.modeling import HumanAesExpertModel
+    from humanaes.scorer import BaseScorer, Preprocessor
 
 BUNDLED_DEFAULT = "humanaes-mini"
 BUNDLED_NAMES = (BUNDLED_DEFAULT,)
 
 
-@lru_cache(maxsize=None)
-def _preset_files() -> dict[str, Path]:
-    folder = resources.files("humanaes.models.expert.presets")
-    return {
-        p.name[: -len(".json")]: Path(str(p))
-        for p in folder.iterdir()
-        if p.name.endswith(".json") and p.name != "templates.json"
-    }
+class ModelEntry(TypedDict):
+    """One row of `list_models()` / `humanaes models`."""
+
+    name: str
+    family: str
+    kind: str
+    description: str
+    score_meaning: str
+    licence: str
 
 
-def list_presets() -> list[str]:
-    return sorted(_preset_files())
+@dataclass(frozen=True)
+class Resolved:
+    """What `name_or_path` names: a family and either one of its model names or a local folder."""
+
+    family: ModelFamily
+    #: the argument as the caller gave it ("" for None); scorers take their display name from it
+    source: str
+    #: a model name the family answers to (set when resolved by name)
+    name: str | None = None
+    #: a local folder (given, or a hub repo's snapshot) that the family claimed
+    folder: Path | None = None
 
 
-def get_preset(name: str) -> dict[str, Any]:
-    files = _preset_files()
-    if name not in files:
-        raise ModelNotFoundError(f"unknown preset {name!r}; presets: {', '.join(sorted(files))}")
-    return json.loads(files[name].read_text(encoding="utf-8"))
+@dataclass(frozen=True)
+class LoadSettings:
+    """The load-time settings `humanaes.load` passes to a family's loader (already checked)."""
+
+    device: torch.device
+    dtype: str | torch.dtype | None = "auto"
+    attn_implementation: str | None = "auto"
+    image_block_suffix: str | None = None
 
 
-def preset_config(preset_name: str, **overrides: Any) -> HumanAesConfig:
-    """A preset's config, with top-level keys overridden."""
-    preset = get_preset(preset_name)
-    data = {**preset["config"], "description": preset.get("description", ""), "score_meaning": preset.get("score_meaning", "")}
-    data.update(overrides)
-    return HumanAesConfig.from_dict(data)
+@dataclass(frozen=True, eq=False, repr=False)
+class ModelFamily:
+    """How the registry serves one model family. Every callable is called only when needed; the
+    heavy ones (`load`, `preprocessor`, `create`, `save`) import their modules inside."""
+
+    #: the family's name in listings and messages, by convention its folder: "expert", "mini"
+    name: str
+    #: the Python package its classes live in: models and scorers from there belong to the family
+    package: str
+    #: what a folder of this family holds, for the error about a folder no family claims
+    folder_format: str
+    #: the model names it answers to (cheap: plain data)
+    names: Callable[[], Sequence[str]]
+    #: whether a local folder is in this family's format (cheap: looks at file names / JSON)
+    claims_folder: Callable[[Path], bool]
+    #: a scorer for a resolved name or folder
+    load: Callable[[Resolved, LoadSettings], BaseScorer]
+    #: the rows `humanaes models` shows (cheap: plain data)
+    list_models: Callable[[], list[ModelEntry]]
+    #: the decoding + preparation without the weights, or None when that needs the loaded model
+    preprocessor: Callable[[Resolved], Preprocessor | None] | None = None
+    #: a random-init model of a name (or a config object the family owns) with a seed
+    create: Callable[..., torch.nn.Module] | None = None
+    #: save a model (or a scorer of one) to a folder that `load` reads back; may refuse clearly
+    save: Callable[[Any, Path, Any], Path] | None = None
+    #: what a name's scores mean and its licence, or None for names it does not know
+    facts: Callable[[str], ModelFacts | None] | None = None
+    #: whether a folder named like one of its names wins over that name (presets: yes)
+    folders_shadow_names: bool = False
+    #: the model `load()` with no argument gives (one family sets it)
+    default_model: str | None = None
+    #: families are consulted in this order (ties: by name), for names and for folders
+    order: int = 100
+
+    def __repr__(self) -> str:
+        return f"ModelFamily({self.name!r}, package={self.package!r})"
+
+    def claims_name(self, name: str) -> bool:
+        if name not in self.names():
+            return False
+        return not (self.folders_shadow_names and Path(name).expanduser().exists())
+
+    def owns(self, obj: Any) -> bool:
+        """Whether a model or scorer object is one of this family's (by where its class lives)."""
+        prefix = self.package + "."
+        return any(cls.__module__ == self.package or cls.__module__.startswith(prefix) for cls in type(obj).__mro__)
 
 
-def create_model(
-    name_or_config: str | HumanAesConfig, *, seed: int | None = None, attn_implementation: str = "sdpa"
-) -> Any:
-    """A randomly initialised HumanAesExpertModel of a preset's architecture (seeded), e.g. for
-    training from scratch, tests and benchmarks. For trained weights use `load`."""
-    import torch
-
-    from humanaes.models.expert.modeling import HumanAesExpertModel
-
-    if isinstance(name_or_config, HumanAesConfig):
-        config, default_seed = name_or_config, 0
-    else:
-        config, default_seed = preset_config(name_or_config), int(get_preset(name_or_config).get("seed", 0))
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(default_seed if seed is None else seed)
-    try:
-        model = HumanAesExpertModel(config, attn_implementation=attn_implementation)
-    finally:
-        torch.random.set_rng_state(generator_state)
-    return model.eval()
+_FAMILIES: dict[str, ModelFamily] = {}
 
 
-def list_models() -> list[dict[str, Any]]:
-    """Presets and bundled models: what their scores mean and their weights' licence."""
-    from humanaes.modelinfo import model_facts
+def register_family(family: ModelFamily) -> ModelFamily:
+    """Add a family to the registry (called by the family's package when it is imported).
 
-    bundled = model_facts(BUNDLED_DEFAULT)
-    meta = bundled_metadata()
-    rows = [{
-        "name": BUNDLED_DEFAULT,
-        "kind": "bundled (default, ships in the package)",
-        "description": meta.get("description", "small CNN scorer shipped with humanaes"),
-        "score_meaning": bundled.score_meaning,
-        "licence": bundled.licence,
-    }]
-    for name in list_presets():
-        preset = get_preset(name)
-        rows.append(
-            {
-                "name": name,
-                "kind": "preset (random weights)" if preset.get("random_init") else f"preset (weights: {preset.get('hub_id')})",
-                "description": preset.get("description", ""),
-                "score_meaning": preset.get("score_meaning", ""),
-                "licence": model_facts(name).licence,
-            }
-        )
-    return rows
+    Registering the same name again from the same package replaces it (a reload); a second
+    package claiming a taken name is a bug and fails loudly."""
+    known = _FAMILIES.get(family.name)
+    if known is not None and known.package != family.package:
+        raise ValueError(f"model family {family.name!r} is registered by {known.package} already (not {family.package})")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> list[ModelFamily]:
+    """Every registered family, in resolution order. Imports the subpackages of
+    `humanaes.models` that are not imported yet (each registers its family on import)."""
+    import humanaes.models as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.ispkg and f"{package.__name__}.{module.name}" not in sys.modules:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+    return sorted(_FAMILIES.values(), key=lambda f: (f.order, f.name))
+
+
+def get_family(name: str) -> ModelFamily:
+    for family in families():
+        if family.name == name:
+            return family
+    raise ModelNotFoundError(f"unknown model family {name!r}; families: {', '.join(f.name for f in families())}")
+
+
+def model_names() -> list[str]:
+    """Every registered model name, in resolution order."""
+    return [name for family in families() for name in family.names()]
+
+
+def resolve(name_or_path: str | os.PathLike | None, *, fetch: bool = True) -> Resolved:
+    """The family and the name or folder that `name_or_path` means (see the module docstring).
+
+    `fetch=False` does not look up hub repos (a ModelNotFoundError instead of a download)."""
+    found = families()
+    if name_or_path is None:
+        default = next((f for f in found if f.default_model), None)
+        if default is None or default.default_model is None:
+            raise ModelNotFoundError("no default model is registered; pass a model name or folder")
+        return Resolved(default, "", name=default.default_model)
+    source = os.fspath(name_or_path)
+    for family in found:
+        if family.claims_name(source):
+            return Resolved(family, source, name=source)
+    path = Path(source).expanduser()
+    if not path.exists():
+        if not _looks_like_hub_id(source):
+            raise ModelNotFoundError(
+                f"model {source!r} not found: it is not a folder, a model name ({', '.join(model_names())}) "
+                "or a Hugging Face repo id"
+            )
+        if not fetch:
+            raise ModelNotFoundError(f"model {source!r} is a Hugging Face repo id that is not fetched here")
+        path = resolve_hub(source)
+    return Resolved(_folder_family(path, found), source, folder=path)
+
+
+def _folder_family(path: Path, found: list[ModelFamily]) -> ModelFamily:
+    if path.is_file():
+        raise ModelNotFoundError(f"{path} is a file; pass the model folder that holds config.json and the weights")
+    if not any(path.iterdir()):
+        raise ModelNotFoundError(f"{path} is an empty folder; download the model into it first")
+    for family in found:
+        if family.claims_folder(path):
+            return family
+    tried = "; ".join(f"{f.name} ({f.folder_format})" for f in found)
+    raise ModelNotFoundError(f"{path} is not a model folder: no model family claims it (tried {tried})")
 
 
 def load(
@@ -116,8 +218,8 @@ def load(
     apply_exif: bool = True,
     image_block_suffix: str | None = None,
     threads: int | str | None = "auto",
-) -> Any:
-    """Load a scorer by name, folder or hub id (see module docstring). Returns a BaseScorer.
+) -> BaseScorer:
+    """Load a scorer by name, folder or hub id (see module docstring).
 
     `threads` sets PyTorch's CPU threads when the model runs on the CPU: "auto" (the default)
     picks `humanaes.runtime.default_threads()` from how busy the machine is while the model
@@ -127,93 +229,109 @@ def load(
 
     probe = CpuLoadProbe()  # measured over the load: no extra wait
     dev = resolve_device(device)
-    path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
-    if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
-        # The bundled model needs neither transformers nor PEFT: keep them unimported (seconds).
-        from humanaes.models.mini import load_bundled
-
-        folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
-        scorer = load_bundled(str(dev), path=folder, dtype=dtype)
-    else:
-        from humanaes.models.expert.scorer import HumanAesScorer  # imports transformers: only for HumanAesExpert models
-
-        assert path is not None
-        model, tokenizer = load_model(name_or_path, device=dev, dtype=dtype, attn_implementation=attn_implementation)
-        if image_block_suffix is not None:
-            model.config.image_block_suffix = image_block_suffix
-        name = model.config.name if str(name_or_path) in _preset_files() else path.name
-        scorer = HumanAesScorer(model, tokenizer, name=name)
+    resolved = resolve(name_or_path)
+    settings = LoadSettings(dev, dtype, attn_implementation, image_block_suffix)
+    scorer = resolved.family.load(resolved, settings)
     scorer.apply_exif = apply_exif  # the default of the apply_exif option; a call may still pass its own
     if dev.type == "cpu":
         apply_threads(threads, probe)
     return scorer
 
 
-def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Any:
+def load_preprocessor(name_or_path: str | os.PathLike | None = None) -> Preprocessor | None:
     """The decoding + preparation of model `name_or_path` (a `humanaes.scorer.Preprocessor`)
-    without its heavy weights, or None when that needs the loaded model.
-
-    humanaes-mini: built from the packaged model (it loads in about a second; only its face
-    detector goes into the result). HumanAesExpert: the tiling settings, read from a preset or
-    a local folder's config.json alone. A hub id not yet in a local folder gives None (the
-    caller prepares with the loaded scorer instead)."""
-    path = None if name_or_path is None else Path(os.fspath(name_or_path)).expanduser()
-    if name_or_path is None or str(name_or_path) in BUNDLED_NAMES or (path is not None and _is_bundled_folder(path)):
-        from humanaes.models.mini import load_bundled
-
-        folder = None if name_or_path is None or str(name_or_path) in BUNDLED_NAMES else path
-        return load_bundled("cpu", path=folder, dtype="float32").preprocessor()
-    from humanaes.models.expert.processing import TilePreprocessor
-
-    assert path is not None
-    name = os.fspath(name_or_path)
-    if name in _preset_files() and not path.exists():
-        preset = get_preset(name)
-        if not preset.get("random_init"):
-            return None  # the config comes with the downloaded weights
-        return TilePreprocessor.from_config(preset_config(name))
-    if not path.is_dir() or not (path / "config.json").is_file():
-        return None
-    from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
-
+    without its heavy weights, or None when that needs the loaded model: a hub id (nothing is
+    downloaded here), a name or folder no family knows (loading the model reports what is
+    wrong), or a family without a weight-free preprocessor."""
     try:
-        data = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # loading the model reports what is wrong with it
-    if data.get("format") == FORMAT_NAME:
-        return TilePreprocessor.from_config(HumanAesConfig.load(path / "config.json"))
-    if data.get("model_type") == "internvl_chat":
-        from humanaes.models.expert.convert import config_from_internvl_chat
+        resolved = resolve(name_or_path, fetch=False)
+    except ModelNotFoundError:
+        return None
+    if resolved.family.preprocessor is None:
+        return None
+    return resolved.family.preprocessor(resolved)
 
-        return TilePreprocessor.from_config(config_from_internvl_chat(data, name=path.name))
+
+@overload
+def create_model(
+    name_or_config: HumanAesConfig, *, seed: int | None = None, attn_implementation: str = "sdpa"
+) -> HumanAesExpertModel: ...
+
+
+@overload
+def create_model(
+    name_or_config: str, *, seed: int | None = None, attn_implementation: str = "sdpa"
+) -> torch.nn.Module: ...
+
+
+def create_model(
+    name_or_config: str | HumanAesConfig, *, seed: int | None = None, attn_implementation: str = "sdpa"
+) -> torch.nn.Module:
+    """A randomly initialised model of a registered name's architecture (seeded), e.g. for
+    training from scratch, tests and benchmarks; a HumanAesConfig builds a HumanAesExpertModel.
+    For trained weights use `load`."""
+    # A name belongs to the family that lists it; a config object to the family it comes from.
+    family = _family_of_name(name_or_config) if isinstance(name_or_config, str) else _owner(name_or_config)
+    if family is None:
+        raise ModelNotFoundError(f"create_model takes a model name or a family's config, not {type(name_or_config).__name__}")
+    if family.create is None:
+        raise ModelNotFoundError(
+            f"{family.name} models cannot be created with random weights; load the trained one with humanaes.load"
+        )
+    return family.create(name_or_config, seed=seed, attn_implementation=attn_implementation)
+
+
+def _family_of_name(name: str) -> ModelFamily:
+    """The family a registered model name belongs to (folders do not count)."""
+    for family in families():
+        if name in family.names():
+            return family
+    raise ModelNotFoundError(f"unknown model name {name!r}; registered names: {', '.join(model_names())}")
+
+
+def list_models() -> list[ModelEntry]:
+    """Every registered model (one row per name): what its scores mean and its weights' licence."""
+    return [entry for family in families() for entry in family.list_models()]
+
+
+def model_facts(name: str) -> ModelFacts | None:
+    """What a registered family says about the model a result row names, or None."""
+    for family in families():
+        facts = family.facts(name) if family.facts is not None else None
+        if facts is not None:
+            return facts
     return None
 
 
 def save_checkpoint(model_or_scorer: Any, folder: str | os.PathLike, tokenizer: Any = None) -> Path:
-    """Save a HumanAesExpert model (or the model and tokenizer of a scorer from `load`) in
-    humanaes format, atomically; `load(folder)` reads it back. The bundled humanaes-mini model
-    ships inside the package and is not saved this way (a clear error says so)."""
-    from humanaes.models.expert.modeling import HumanAesExpertModel
-
-    model = model_or_scorer
-    if not isinstance(model, HumanAesExpertModel) and hasattr(model_or_scorer, "model"):
-        model = model_or_scorer.model
-        if tokenizer is None:
-            tokenizer = getattr(model_or_scorer, "tokenizer", None)
-    if not isinstance(model, HumanAesExpertModel):
+    """Save a model (or the model and tokenizer of a scorer from `load`) in its family's
+    format, atomically; `load(folder)` reads it back. The family decides: HumanAesExpert saves,
+    the bundled humanaes-mini ships inside the package and says how it is saved instead."""
+    family = _owner(model_or_scorer)
+    if family is None:
         what = getattr(model_or_scorer, "name", None) or type(model_or_scorer).__name__
-        if str(what) in BUNDLED_NAMES or type(model).__module__.startswith("humanaes.models.mini"):
-            what = BUNDLED_DEFAULT
-            raise CheckpointError(
-                f"save_checkpoint saves HumanAesExpert models; {what} is the bundled model, which ships inside the "
-                "package (load it with humanaes.load()) and has its own format (humanaes.models.mini.save_bundled)"
-            )
+        saving = ", ".join(f.name for f in families() if f.save is not None)
         raise CheckpointError(
-            f"save_checkpoint saves HumanAesExpert models (or scorers from humanaes.load of one), not {what}"
+            f"save_checkpoint saves models of the registered families ({saving}) or scorers from humanaes.load of "
+            f"one, not {what}"
         )
-    from humanaes.models.expert.checkpoint import save_humanaes
+    if family.save is None:
+        raise CheckpointError(f"{family.name} models cannot be saved with save_checkpoint")
+    return family.save(model_or_scorer, Path(folder), tokenizer)
 
-    return save_humanaes(model, folder, tokenizer=tokenizer)
+
+def _owner(obj: Any) -> ModelFamily | None:
+    """The family of a model, of a scorer (or its `.model`), or of an object named like one of its models."""
+    found = families()
+    for candidate in (obj, getattr(obj, "model", None)):
+        if candidate is not None:
+            for family in found:
+                if family.owns(candidate):
+                    return family
+    name = getattr(obj, "name", None)
+    if isinstance(name, str):
+        return next((f for f in found if name in f.names()), None)
+    return None
 
 
 def load_model(
@@ -222,47 +340,11 @@ def load_model(
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = "auto",
     attn_implementation: str | None = "auto",
-) -> tuple[Any, Any]:
-    """A HumanAesExpertModel and its tokenizer from a preset, folder or hub id (no scorer)."""
-    from humanaes.models.expert.checkpoint import detect_format, load_humanaes, load_original
-    from humanaes.models.expert.modeling import choose_attn_implementation
-    from humanaes.runtime import resolve_device, resolve_dtype
-    from humanaes.models.expert.tokenization import load_tokenizer
+) -> tuple[HumanAesExpertModel, Any]:
+    """Old name of `humanaes.models.expert.family.load_expert_model` (a HumanAesExpertModel and its tokenizer)."""
+    from humanaes.models.expert.family import load_expert_model
 
-    dev = resolve_device(device)
-    name = os.fspath(name_or_path)
-    path = Path(name).expanduser()
-    if name in _preset_files() and not path.exists():
-        preset = get_preset(name)
-        if preset.get("random_init"):
-            torch_dtype = resolve_dtype(dtype, dev, preset["config"].get("torch_dtype", "float32"))
-            model = create_model(name, attn_implementation=choose_attn_implementation(attn_implementation, dev, torch_dtype))
-            return _place(model, dev, torch_dtype), load_tokenizer(model.config.tokenizer)
-        path = resolve_hub(preset["hub_id"])
-    elif not path.exists():
-        if _looks_like_hub_id(name):
-            path = resolve_hub(name)
-        else:
-            raise ModelNotFoundError(
-                f"model {name!r} not found: it is not a folder, a preset ({', '.join(list_presets())}), "
-                f"a bundled model ({', '.join(_bundled_names()) or 'none'}) or a Hugging Face repo id"
-            )
-    if path.is_file():
-        raise ModelNotFoundError(f"{path} is a file; pass the model folder that holds config.json and the weights")
-    if not any(path.iterdir()):
-        raise ModelNotFoundError(f"{path} is an empty folder; download the model into it first")
-    kind = detect_format(path)
-    config_dtype = json.loads((path / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
-    torch_dtype = resolve_dtype(dtype, dev, config_dtype or "float32")
-    attn = choose_attn_implementation(attn_implementation, dev, torch_dtype)
-    loader = load_humanaes if kind == "humanaes" else load_original
-    model, _ = loader(path, dtype=torch_dtype, attn_implementation=attn)
-    return _place(model, dev, torch_dtype), load_tokenizer(model.config.tokenizer)
-
-
-def _place(model: Any, device: "torch.device", dtype: "torch.dtype") -> Any:
-    model.to_inference_dtype(dtype)
-    return model.to(device)
+    return load_expert_model(name_or_path, device=device, dtype=dtype, attn_implementation=attn_implementation)
 
 
 def resolve_hub(repo_id: str) -> Path:
@@ -309,16 +391,21 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
 
 
-def _bundled_names() -> list[str]:
-    return list(BUNDLED_NAMES)
-
-
 def _is_bundled_folder(path: Path) -> bool:
     """A folder written by humanaes.models.mini.save_bundled (humanaes-mini.json + weights)."""
-    return path.is_dir() and (path / f"{BUNDLED_DEFAULT}.json").is_file() and (path / f"{BUNDLED_DEFAULT}.safetensors").is_file()
+    return _family_of_name(BUNDLED_DEFAULT).claims_folder(path)
 
 
-__all__ = [
-    "BUNDLED_DEFAULT", "create_model", "get_preset", "list_models", "list_presets", "load", "load_model",
-    "preset_config", "save_checkpoint",
+def __getattr__(name: str) -> Any:
+    # The HumanAesExpert presets moved into their family (humanaes.models.expert.family); their
+    # old home here keeps working without importing that family before it is needed.
+    if name in ("list_presets", "get_preset", "preset_config"):
+        return getattr(importlib.import_module("humanaes.models.expert.family"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [  # list_presets, get_preset and preset_config still import from here (see __getattr__)
+    "BUNDLED_DEFAULT", "LoadSettings", "ModelEntry", "ModelFamily", "Resolved", "create_model", "families",
+    "get_family", "list_models", "load", "load_model", "load_preprocessor", "model_names", "register_family",
+    "resolve", "resolve_hub", "save_checkpoint",
 ]
