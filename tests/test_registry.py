@@ -406,3 +406,26 @@ def test_models_command_and_registration_import_no_torch() -> None:
                           env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "humanaes-tiny" in proc.stdout and "HEAVY []" in proc.stdout, proc.stdout
+
+
+def test_model_identity_comes_from_the_family(toy_family: Path, tmp_path: Path) -> None:
+    """`humanaes batch` records this in its job before any weights load (distributed/runner.py)."""
+    from humanaes.models.expert.scorer import HumanAesScorer
+    from humanaes.models.mini.family import bundled_metadata
+    from humanaes.models.mini.scorer import BundledScorer
+    from humanaes.models.registry import model_identity
+    from humanaes.options import ScoreOptions
+
+    mini = model_identity(None)
+    assert (mini.name, mini.weights_sha256) == ("humanaes-mini", bundled_metadata()["weights_sha256"])
+    assert (mini.default_mode, mini.options_class) == (BundledScorer.default_mode, BundledScorer.options_class)
+    preset = model_identity("humanaes-tiny")
+    assert (preset.name, preset.default_mode, preset.options_class) == ("humanaes-tiny", "default", HumanAesScorer.options_class)
+    # a hub repo not fetched yet: the family that takes hub repos answers, nothing is downloaded
+    hub = model_identity("some-org/not-fetched")
+    assert (hub.name, hub.options_class) == ("some-org/not-fetched", HumanAesScorer.options_class)
+    # a family without an identity hook: its name, no checksum, the base options
+    toy = model_identity("toy")
+    assert (toy.name, toy.weights_sha256, toy.default_mode, toy.options_class) == ("toy", None, "default", ScoreOptions)
+    with pytest.raises(ModelNotFoundError):
+        model_identity(str(tmp_path / "missing"))

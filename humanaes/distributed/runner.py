@@ -6,7 +6,6 @@ Both engines feed the same `ShardCommitter`; the driver is the only writer of th
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -97,27 +96,12 @@ class BatchSummary:
 
 def model_identity(model: str | None) -> tuple[str, str | None, str, type]:
     """(canonical model name, weights sha256 when cheap to know, default mode, options class),
-    all without loading the model (the driver of a cluster job may have no GPU for it)."""
-    from importlib import resources
+    all without loading the model (the driver of a cluster job may have no GPU for it): the
+    model's family says (`humanaes.models.registry.model_identity`)."""
+    from humanaes.models.registry import model_identity as identity_of
 
-    from humanaes.models.registry import BUNDLED_DEFAULT, _is_bundled_folder
-
-    path = None if model is None else Path(model).expanduser()
-    if model is None or model == BUNDLED_DEFAULT or (path is not None and _is_bundled_folder(path)):
-        from humanaes.models.mini.scorer import BundledScorer
-
-        if path is None or model == BUNDLED_DEFAULT:
-            meta_text = resources.files("humanaes.models.mini").joinpath(f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
-            name = BUNDLED_DEFAULT
-        else:
-            meta_text = (path / f"{BUNDLED_DEFAULT}.json").read_text(encoding="utf-8")
-            name = str(path.absolute())
-        return name, json.loads(meta_text).get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class
-    from humanaes.models.expert.scorer import HumanAesScorer
-
-    # a HumanAesExpert checkpoint: its default mode depends on its trained heads ("default")
-    assert path is not None
-    return (str(path.absolute()) if path.exists() else model), None, "default", HumanAesScorer.options_class
+    identity = identity_of(model)
+    return identity.name, identity.weights_sha256, identity.default_mode, identity.options_class
 
 
 def job_spec(config: BatchConfig) -> jobdir.JobSpec:

@@ -84,6 +84,21 @@ class LoadSettings:
     image_block_suffix: str | None = None
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a job records about a model before (or without) loading its weights: the driver of a
+    cluster job may have no GPU for them (`humanaes batch` fingerprints its job with this)."""
+
+    #: the model name, or the absolute path of its folder (a resume from elsewhere still matches)
+    name: str
+    #: the weights' sha256 when it is cheap to know (recorded in the model's metadata), else None
+    weights_sha256: str | None
+    #: the mode a call without one runs; "default" when only the loaded model knows (its trained heads)
+    default_mode: str
+    #: the typed options its scorer takes (a `humanaes.options.ScoreOptions` subclass)
+    options_class: type
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class ModelFamily:
     """How the registry serves one model family. Every callable is called only when needed; the
@@ -111,6 +126,12 @@ class ModelFamily:
     save: Callable[[Any, Path, Any], Path] | None = None
     #: what a name's scores mean and its licence, or None for names it does not know
     facts: Callable[[str], ModelFacts | None] | None = None
+    #: the model's identity without loading its weights (default: the name or folder, no checksum,
+    #: mode "default", the base ScoreOptions)
+    identity: Callable[[Resolved], ModelIdentity] | None = None
+    #: whether Hugging Face repo ids name models of this family (a repo not fetched yet is taken
+    #: to be one of them when only its identity is needed)
+    hub_repos: bool = False
     #: whether a folder named like one of its names wins over that name (presets: yes)
     folders_shadow_names: bool = False
     #: the model `load()` with no argument gives (one family sets it)
@@ -195,6 +216,25 @@ def resolve(name_or_path: str | os.PathLike | None, *, fetch: bool = True) -> Re
             raise ModelNotFoundError(f"model {source!r} is a Hugging Face repo id that is not fetched here")
         path = resolve_hub(source)
     return Resolved(_folder_family(path, found), source, folder=path)
+
+
+def model_identity(name_or_path: str | os.PathLike | None) -> ModelIdentity:
+    """The identity of a model (see ModelIdentity) without loading it and without downloading:
+    a hub repo that is not in a local folder is asked of the family that takes hub repos."""
+    try:
+        resolved = resolve(name_or_path, fetch=False)
+    except ModelNotFoundError:
+        source = os.fspath(name_or_path) if name_or_path is not None else ""
+        hub_family = next((f for f in families() if f.hub_repos), None)
+        if hub_family is None or not _looks_like_hub_id(source):
+            raise
+        resolved = Resolved(hub_family, source)
+    if resolved.family.identity is not None:
+        return resolved.family.identity(resolved)
+    from humanaes.options import ScoreOptions
+
+    name = str(resolved.folder.absolute()) if resolved.folder is not None else (resolved.name or resolved.source)
+    return ModelIdentity(name, None, "default", ScoreOptions)
 
 
 def _folder_family(path: Path, found: list[ModelFamily]) -> ModelFamily:

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.modelinfo import ModelFacts
 from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
-from humanaes.models.registry import LoadSettings, ModelEntry, ModelFamily, Resolved, register_family, resolve, resolve_hub
+from humanaes.models.registry import (
+    LoadSettings, ModelEntry, ModelFamily, ModelIdentity, Resolved, register_family, resolve, resolve_hub,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -209,6 +211,15 @@ def load_scorer(resolved: Resolved, settings: LoadSettings) -> HumanAesScorer:
     return HumanAesScorer(model, tokenizer, name=name)
 
 
+def expert_identity(resolved: Resolved) -> ModelIdentity:
+    """Name (a preset's, a folder's absolute path or the hub id) and the scorer's typed options;
+    the default mode depends on the checkpoint's trained heads, so it is "default" here."""
+    from humanaes.models.expert.scorer import HumanAesScorer
+
+    name = str(resolved.folder.absolute()) if resolved.folder is not None else (resolved.name or resolved.source)
+    return ModelIdentity(name, None, "default", HumanAesScorer.options_class)
+
+
 def tile_preprocessor(resolved: Resolved) -> TilePreprocessor | None:
     """The tiling settings, read from a preset or a local folder's config.json alone (None for
     a pretrained preset: its config comes with the downloaded weights)."""
@@ -257,6 +268,8 @@ EXPERT_FAMILY = register_family(ModelFamily(
     create=create_expert_model,
     save=save_expert,
     facts=expert_facts,
+    identity=expert_identity,
+    hub_repos=True,
     folders_shadow_names=True,  # a checkpoint saved as ./humanaes-tiny loads, not the preset
     order=10,
 ))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from humanaes.errors import CheckpointError
 from humanaes.modelinfo import ModelFacts
-from humanaes.models.registry import LoadSettings, ModelEntry, ModelFamily, Resolved, register_family
+from humanaes.models.registry import LoadSettings, ModelEntry, ModelFamily, ModelIdentity, Resolved, register_family
 
 if TYPE_CHECKING:
     from humanaes.models.mini.scorer import BundledScorer, MiniPreprocessor
@@ -89,6 +89,18 @@ def mini_preprocessor(resolved: Resolved) -> MiniPreprocessor:
     return load_bundled("cpu", path=resolved.folder, dtype="float32").preprocessor()
 
 
+def mini_identity(resolved: Resolved) -> ModelIdentity:
+    """Name, the weights' checksum recorded in the metadata, and the scorer's typed options."""
+    from humanaes.models.mini.scorer import BundledScorer
+
+    if resolved.folder is None:
+        name, meta = BUNDLED_NAME, bundled_metadata()
+    else:
+        name = str(resolved.folder.absolute())
+        meta = json.loads((resolved.folder / META_FILE).read_text(encoding="utf-8"))
+    return ModelIdentity(name, meta.get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class)
+
+
 def refuse_save(model_or_scorer: Any, folder: Path, tokenizer: Any = None) -> Path:
     raise CheckpointError(
         f"save_checkpoint saves HumanAesExpert models; {BUNDLED_NAME} is the bundled model, which ships inside the "
@@ -107,6 +119,7 @@ MINI_FAMILY = register_family(ModelFamily(
     preprocessor=mini_preprocessor,
     save=refuse_save,
     facts=mini_facts,
+    identity=mini_identity,
     default_model=BUNDLED_NAME,
     order=0,  # the bundled name and its folders come first (see humanaes.models.registry)
 ))
