@@ -79,7 +79,7 @@ class EpochSampler(Sampler[int]):
         return len(self._mine())
 
 
-# -- the trainer ------------------------------------------------------------------------------
+# -- logging --------------------------------------------------------------------------------------
 
 
 class RunLog:
@@ -113,6 +113,9 @@ class RunLog:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+# -- the trainer ------------------------------------------------------------------------------
 
 
 EvalFn = Callable[[nn.Module], Mapping[str, float]]
