@@ -79,10 +79,10 @@ def test_config_checks():
 
 
 def test_deepspeed_config_is_derived_from_the_trainer_keys():
-    from humanaes.training.trainer import _Engine
+    from humanaes.training.engine import Engine
 
     def derived(**kw):
-        engine = _Engine.__new__(_Engine)  # only the config logic: no device, no DeepSpeed import
+        engine = Engine.__new__(Engine)  # only the config logic: no device, no DeepSpeed import
         engine.config = TrainerConfig(zero_stage=2, **kw)
         engine.precision = engine.config.precision
         return engine.deepspeed_config()

@@ -69,6 +69,135 @@ def test_bundled_model_never_imports_transformers_or_peft() -> None:
     assert "LOADED []" in proc.stdout, proc.stdout
 
 
+# What scoring may never import: the training subpackage (under its new and its old names) and
+# the training-only extras. `humanaes eval`/`train` may; `humanaes score` and the API may not.
+TRAINING_ONLY = ("humanaes.training", "humanaes.trainer", "humanaes.finetune", "humanaes.metavoter",
+                 "humanaes.synthetic", "peft", "accelerate", "deepspeed")
+TRAINING_EXTRAS = ("peft", "accelerate", "deepspeed")
+
+# Runs the given stages in one process and prints, after each, the training-only modules loaded
+# so far and every attempt to import a hidden extra (with the module that asked for it).
+_RUNTIME_PROBE = """
+import builtins, importlib, json, sys
+TRAINING_ONLY, HIDDEN, STAGES = json.loads(sys.argv[1])
+attempts = []
+
+def _importer():
+    frame = sys._getframe(3)  # past _importer, _note and the import hook
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("importlib", "_frozen_importlib")):
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
+
+def _note(name):
+    if name.split(".")[0] in HIDDEN:
+        attempts.append([name, _importer()])
+
+for name in HIDDEN:  # as if not installed: find_spec says None, an import raises ModuleNotFoundError
+    sys.modules[name] = None
+_real_import, _real_import_module = builtins.__import__, importlib.import_module
+def _import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0:  # `from .deepspeed import ...` inside transformers is its own module
+        _note(name)
+    return _real_import(name, globals, locals, fromlist, level)
+def _import_module(name, *args, **kwargs):
+    if not name.startswith("."):
+        _note(name)
+    return _real_import_module(name, *args, **kwargs)
+builtins.__import__, importlib.import_module = _import, _import_module
+
+import humanaes
+from pathlib import Path
+examples = sorted(str(p) for p in Path("examples").iterdir() if p.suffix in (".png", ".jpg"))
+for stage in STAGES:
+    results = []  # "import": nothing more than `import humanaes`
+    if stage == "api-default":
+        results = humanaes.load(device="cpu").score(examples)
+    elif stage == "api-tiny":
+        results = humanaes.load("humanaes-tiny", device="cpu").score(examples, max_tiles=1)
+    elif stage.startswith("cli"):
+        from humanaes.cli import main
+        args = ["score", "examples/"] + (["--model", "humanaes-tiny", "--max-tiles", "1"] if stage == "cli-tiny" else [])
+        exit_code = main(args, standalone_mode=False)  # a user error returns 2 here instead of exiting
+        assert exit_code in (None, 0), exit_code
+    assert all(r.error is None for r in results), results
+    loaded = sorted(m for m in sys.modules if sys.modules[m] is not None
+                    and any(m == t or m.startswith(t + ".") for t in TRAINING_ONLY))
+    print("STAGE " + json.dumps({"stage": stage, "loaded": loaded, "attempts": attempts}))
+"""
+
+
+def _probe_runtime(stages: list[str], hidden: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    proc = subprocess.run([sys.executable, "-c", _RUNTIME_PROBE, json.dumps([TRAINING_ONLY, hidden, stages])],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith("STAGE ")]
+    assert [r["stage"] for r in reports] == stages, proc.stdout[-2000:]
+    return reports
+
+
+def test_scoring_with_the_bundled_model_imports_no_training_code() -> None:
+    """`import humanaes`, `humanaes.load()` + score and `humanaes score` with every extra installed:
+    no training module, no PEFT, accelerate or DeepSpeed gets loaded."""
+    for report in _probe_runtime(["import", "api-default", "cli-default"]):
+        assert report["loaded"] == [], report
+
+
+def test_scoring_with_humanaes_expert_needs_no_training_code() -> None:
+    """The tiny HumanAesExpert preset through the API and the CLI, as installed without the train
+    and deepspeed extras (transformers itself loads accelerate whenever it is installed, so the
+    extras are hidden rather than checked in sys.modules): it scores, no training module is loaded
+    and nothing asks for PEFT, accelerate or DeepSpeed."""
+    for report in _probe_runtime(["api-tiny", "cli-tiny"], hidden=TRAINING_EXTRAS):
+        assert report["loaded"] == [] and report["attempts"] == [], report
+
+
+def _private_scoring_names_used(source: str) -> list[str]:
+    """`_name`s of humanaes.models.* / humanaes.scorer (new or old module paths) that `source`
+    imports or reads as an attribute of such a module."""
+    import ast
+
+    from humanaes._moved import MOVED_MODULES
+
+    def scoring(module: str) -> bool:
+        module = MOVED_MODULES.get(module, module)
+        return module == "humanaes.scorer" or module == "humanaes.models" or module.startswith("humanaes.models.")
+
+    found: list[str] = []
+    module_aliases: set[str] = set()  # local names bound to a scoring module
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and scoring(node.module):
+            for alias in node.names:
+                if alias.name.startswith("_"):
+                    found.append(f"{node.module}.{alias.name}")
+                module_aliases.add(alias.asname or alias.name)  # harmless when it is not a module
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if scoring(alias.name):
+                    module_aliases.add(alias.asname or alias.name)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            base = node.value
+            while isinstance(base, ast.Attribute):  # humanaes.models.expert.batching._x
+                base = base.value
+            if isinstance(base, ast.Name) and (base.id in module_aliases or base.id == "humanaes"):
+                found.append(ast.unparse(node))
+    return found
+
+
+def test_training_uses_only_public_pieces_of_scoring() -> None:
+    """Training may build on scoring's public API, never on its internals: a private helper it
+    needs moves to a public home both share (as left padding did to models/expert/batching.py)."""
+    files = sorted([*(REPO / "humanaes" / "training").rglob("*.py"), *(REPO / "humanaes" / "evaluation").rglob("*.py")])
+    offenders = {str(path.relative_to(REPO)): names for path in files
+                 if (names := _private_scoring_names_used(path.read_text(encoding="utf-8")))}
+    assert offenders == {}
+    # the check itself sees both spellings of reaching in
+    assert _private_scoring_names_used("from humanaes.scoring import _left_pad") == ["humanaes.scoring._left_pad"]
+    assert _private_scoring_names_used("from humanaes.models.expert import batching\nbatching._pad(1)") == ["batching._pad"]
+
+
 def test_lazy_names_resolve() -> None:
     for name in humanaes.__all__:
         assert getattr(humanaes, name) is not None

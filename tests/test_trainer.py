@@ -249,3 +249,22 @@ def test_model_without_compute_loss_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="compute_loss"):
         Trainer(nn.Linear(2, 1), make_config(tmp_path, "x"), Synthetic(32))
     assert not math.isnan(cosine_with_warmup(0, 1, 0))
+
+
+def test_old_and_public_import_paths_name_the_same_objects():
+    """trainer.py is the public entry after the split into config/engine/checkpoints/loop: every
+    name it lists resolves, to the object at its new home, and the pre-layout paths still work."""
+    import importlib
+
+    from humanaes.training import checkpoints, config, engine, loop, trainer
+
+    for name in trainer.__all__:
+        assert getattr(trainer, name) is not None, name
+    assert trainer.Trainer is loop.Trainer and trainer.TrainerConfig is config.TrainerConfig
+    assert trainer.EMA is engine.EMA and trainer.latest_checkpoint is checkpoints.latest_checkpoint
+    assert importlib.import_module("humanaes.trainer") is trainer
+    assert importlib.import_module("humanaes.metavoter").fit_metavoter is importlib.import_module(
+        "humanaes.training.metavoter").fit_metavoter
+    from humanaes.evaluation import EvalReport, evaluate, evaluator  # the one-module spelling still works
+
+    assert (evaluate, EvalReport) == (evaluator.evaluate, evaluator.EvalReport)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # import cycle-free typing only
     from humanaes.scorer import BaseScorer
 
 #: Head outputs compared in the ablation (report key -> label); read from a result by _head_values.
-HEADS: dict[str, str] = {
+REPORTED_HEADS: dict[str, str] = {
     "lm_score": "LM head",
     "regression_score": "regression head",
     "expert_overall": "expert head (Comprehensive Aesthetic Score)",
@@ -183,7 +183,7 @@ class EvalReport:
             ]
             lines += _table(
                 ["head", "n"] + [METRIC_LABELS[k] for k in MAIN_KEYS],
-                [[HEADS[h], d["n"]] + [d[k] for k in MAIN_KEYS] for h, d in self.heads.items()],
+                [[REPORTED_HEADS[h], d["n"]] + [d[k] for k in MAIN_KEYS] for h, d in self.heads.items()],
             )
         if self.per_dimension:
             n_dim = next(iter(self.per_dimension.values()))["n"]
@@ -277,7 +277,7 @@ def evaluate(
             break  # more results than inputs: a scorer bug; ignore the extras
         bar.update(1)
         error: str | None
-        heads: dict[str, float | None] = dict.fromkeys(HEADS)
+        heads: dict[str, float | None] = dict.fromkeys(REPORTED_HEADS)
         pred: float | None = None
         if result is None:
             error = "the scorer returned no result for this item"
@@ -317,7 +317,7 @@ def evaluate(
     per_source = {src: _metrics_of(pairs) for src, pairs in sorted(by_source.items())}
 
     heads_report: dict[str, dict[str, Any]] = {}
-    for head in HEADS:
+    for head in REPORTED_HEADS:
         pairs = [(p[head], p["true"]) for p in ok if p[head] is not None]
         if pairs:
             heads_report[head] = _metrics_of(pairs)

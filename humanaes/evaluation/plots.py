@@ -25,7 +25,8 @@ _POINT = (31, 92, 168)
 _BLUE = (33, 82, 150)
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` pixels (shared by the data-build report's contact sheets)."""
     # Pillow >= 10.1 ships a scalable default font when FreeType is present; older or
     # FreeType-less builds fall back to the small bitmap font (still readable).
     try:
@@ -39,7 +40,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     return right - left, bottom - top
 
 
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_BLACK, anchor: str = "mm") -> None:
+def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_BLACK, anchor: str = "mm") -> None:
     """Draw text anchored at xy: anchor[0] in l/m/r (horizontal), anchor[1] in t/m (vertical).
 
     Positioned from the text's bounding box rather than Pillow's `anchor=`, which bitmap
@@ -56,7 +57,7 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, f
 
 
 def _centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_BLACK) -> None:
-    _text(draw, xy, text, font, fill, "mm")
+    draw_text(draw, xy, text, font, fill, "mm")
 
 
 def _vertical_label(canvas: Image.Image, text: str, font, center: tuple[int, int]) -> None:
@@ -64,7 +65,7 @@ def _vertical_label(canvas: Image.Image, text: str, font, center: tuple[int, int
     probe = ImageDraw.Draw(canvas)
     w, h = _text_size(probe, text, font)
     tile = Image.new("RGBA", (w + 8, h + 8), (255, 255, 255, 0))
-    _text(ImageDraw.Draw(tile), (4, 4), text, font, _BLACK + (255,), "lt")
+    draw_text(ImageDraw.Draw(tile), (4, 4), text, font, _BLACK + (255,), "lt")
     tile = tile.rotate(90, expand=True)
     canvas.paste(tile, (center[0] - tile.width // 2, center[1] - tile.height // 2), tile)
 
@@ -84,7 +85,7 @@ def scatter_plot(
     height = margin_t + side + margin_b
     img = Image.new("RGB", (size, height), _WHITE)
     draw = ImageDraw.Draw(img)
-    f_title, f_small, f_label = _font(18), _font(12), _font(14)
+    f_title, f_small, f_label = load_font(18), load_font(12), load_font(14)
 
     def px(x: float, y: float) -> tuple[float, float]:
         return margin_l + x * side, margin_t + (1.0 - y) * side
@@ -126,7 +127,7 @@ def scatter_plot(
         _centered(draw, (x, y + 14), f"{v:.1f}", f_small)
         x, y = px(0, v)
         draw.line([(x - 5, y), (x, y)], fill=_BLACK)
-        _text(draw, (x - 8, y), f"{v:.1f}", f_small, _BLACK, "rm")
+        draw_text(draw, (x - 8, y), f"{v:.1f}", f_small, _BLACK, "rm")
     # Level names between the cut points, along both axes.
     for level, lo, hi in zip(LEVELS, edges[:-1], edges[1:]):
         x, y = px((lo + hi) / 2, 1)
@@ -157,7 +158,7 @@ def confusion_plot(
     height = margin_t + k * cell + margin_b
     img = Image.new("RGB", (width, height), _WHITE)
     draw = ImageDraw.Draw(img)
-    f_title, f_label, f_count, f_small = _font(18), _font(14), _font(18), _font(12)
+    f_title, f_label, f_count, f_small = load_font(18), load_font(14), load_font(18), load_font(12)
 
     for i in range(k):
         row = [int(v) for v in matrix[i]]
@@ -171,12 +172,12 @@ def confusion_plot(
             ink = _WHITE if share > 0.5 else _BLACK
             _centered(draw, (x0 + cell / 2, y0 + cell / 2 - 9), str(row[j]), f_count, fill=ink)
             _centered(draw, (x0 + cell / 2, y0 + cell / 2 + 13), f"{100 * share:.0f}%" if total else "-", f_small, fill=ink)
-        _text(draw, (margin_l - 10, margin_t + i * cell + cell / 2), labels[i], f_label, _BLACK, "rm")
+        draw_text(draw, (margin_l - 10, margin_t + i * cell + cell / 2), labels[i], f_label, _BLACK, "rm")
     for j in range(k):
         _centered(draw, (margin_l + j * cell + cell / 2, margin_t - 14), labels[j], f_label)
     draw.rectangle([margin_l, margin_t, margin_l + k * cell, margin_t + k * cell], outline=_BLACK)
     _centered(draw, (margin_l + k * cell / 2, margin_t - 38), "predicted level", f_label)
-    _text(draw, (8, margin_t - 14), "true level", f_label, _BLACK, "lm")
+    draw_text(draw, (8, margin_t - 14), "true level", f_label, _BLACK, "lm")
     _centered(draw, (width / 2, 18), title, f_title)
     if subtitle:
         _centered(draw, (width / 2, 40), subtitle, f_small, fill=(70, 70, 70))

@@ -482,14 +482,14 @@ def _write_rows(path: Path, samples: list[Any]) -> None:
 def export_checkpoint(config: FinetuneConfig, checkpoint: str | Path, out: str | Path) -> Path:
     """Merge a stage-1 checkpoint's adapters into the `init` weights and save in our format."""
     from humanaes.models.expert.checkpoint import save_humanaes
-    from humanaes.training.trainer import MODEL_FILE, _load_weights
+    from humanaes.training.checkpoints import MODEL_FILE, load_weights
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / MODEL_FILE).exists():
         raise CheckpointError(f"{checkpoint} is not a training checkpoint (no {MODEL_FILE})")
     model, tokenizer = prepare_model(config.init, config.load_dtype)
     module = FinetuneModule(model, config.lora, config.loss)
-    module.load_state_dict(_load_weights(checkpoint / MODEL_FILE))
+    module.load_state_dict(load_weights(checkpoint / MODEL_FILE))
     return save_humanaes(module.merge(), out, tokenizer=tokenizer)
 
 

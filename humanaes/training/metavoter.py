@@ -19,7 +19,8 @@ from humanaes.errors import HumanAesError
 from humanaes.models.heads import MetaVoter
 from humanaes.evaluation.metrics import compute_metrics
 
-HEADS = ("lm", "regression", "expert")
+#: Columns of the MetaVoter's input X, in order (what `collect_head_scores` stacks per row).
+METAVOTER_INPUT_HEADS = ("lm", "regression", "expert")
 
 
 def collect_head_scores(scorer: Any, samples: list[Any], batch_size: int = 8, max_tiles: int | None = None,
@@ -81,7 +82,7 @@ def fit_metavoter(
             with torch.no_grad():
                 pred = torch.sigmoid(probe.net(x[val]).squeeze(-1))
             report["validation"] = {"metavoter": _metrics(pred, y[val]),
-                                    **{h: _metrics(x[val, i], y[val]) for i, h in enumerate(HEADS)},
+                                    **{h: _metrics(x[val, i], y[val]) for i, h in enumerate(METAVOTER_INPUT_HEADS)},
                                     "mean_of_heads": _metrics(x[val].mean(-1), y[val])}
         _train(voter, x, y, steps, lr, weight_decay)
         voter.fitted.fill_(True)
