@@ -675,12 +675,12 @@ def test_resumable_output_says_what_is_done_and_replaces_a_retried_row(tmp_path:
     assert [i.key for i in retry.remaining(items)] == [_key("b"), _key("d")]  # ... unless retried
     retry.write([ScoreResult(_key("b"), overall=0.5)], model="m1", mode="fast")
     retry.close()
+    text = out.read_text(encoding="utf-8")  # before any reopen (opening compacts a file too)
+    assert len(text.splitlines()) == 3 + (fmt == "csv") and "broken" not in text  # rewritten on close
     rows = hio.open_writer(out, fmt).existing
     assert [(r["image"], r["overall"], r["error"]) for r in rows] == [
         (_key("a"), 0.25, None), (_key("b"), 0.5, None), (_key("c"), 0.75, None)
-    ]  # one row per image: the retried row took the error row's place when the output closed
-    text = out.read_text(encoding="utf-8")
-    assert len(text.splitlines()) == 3 + (fmt == "csv") and "broken" not in text  # rewritten, not only read as latest
+    ]  # one row per image: the retried row took the error row's place
 
 
 def test_table_output_has_nothing_to_resume() -> None:
