@@ -194,23 +194,31 @@ def publish_dir(tmp: Path, final: Path) -> Path:
 
 
 class NotRegularFileError(OSError):
-    """A path names a folder, FIFO, socket or device where a regular file is needed."""
+    """A path names a folder, FIFO, socket or device where a regular file is needed.
+
+    `st_mode` is the opened file's mode, so a caller can say which kind it was."""
+
+    st_mode: int = 0
 
 
-def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> int:
-    """A read-only fd on a regular file, never blocking: a FIFO is opened non-blocking and, like a
-    folder, socket or device, refused (`NotRegularFileError`) without a byte being read. With
+def open_regular(path: str | os.PathLike[str] | bytes, *, follow_symlinks: bool = True) -> int:
+    """A read-only binary fd on a regular file, never blocking: a FIFO is opened non-blocking and,
+    like a folder, socket or device, refused (`NotRegularFileError`) without a byte being read. With
     `follow_symlinks=False` a symlink as the last component is refused (ELOOP) instead of followed.
     Other failures raise the usual OSError subclasses (FileNotFoundError, PermissionError ...)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         import stat
 
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(errno.EINVAL, "not a regular file (a folder, FIFO, socket or device)", os.fspath(path))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            error = NotRegularFileError(errno.EINVAL, "not a regular file (a folder, FIFO, socket or device)",
+                                        os.fsdecode(path))
+            error.st_mode = mode
+            raise error
         # Back to blocking reads: O_NONBLOCK was only there so that opening a FIFO cannot hang.
         os.set_blocking(fd, True)
     except BaseException:
