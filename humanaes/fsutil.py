@@ -85,10 +85,7 @@ def atomic_write(
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-        # mkstemp creates 0600; outputs get the usual permissions (umask applied).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, _default_mode(0o666))  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, target)
     fsync_dir(target.parent)
     return target
@@ -173,6 +170,30 @@ def _read_holder(fd: int) -> str:
 def output_lock(output: str | os.PathLike[str], *, what: str = "--out") -> OutputLock:
     """Lock `output` for this process (use as a context manager); HumanAesError when taken."""
     return OutputLock(output, what=what).acquire()
+
+
+def _default_mode(base: int) -> int:
+    """`base` (0o666 for files, 0o777 for folders) under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path, *, label: str = "", mode: int | None = None) -> Iterator[Path]:
+    """A new folder beside `final` to build it in, then `publish_dir(staging, final)` it.
+
+    Created with a random name (`.<final's name>.<label>XXXX`, like `private_temp_file`) so that
+    no other run's folder or a planted link is reused; `mode` sets its permissions (default: a
+    new folder's under the umask, not mkdtemp's private 0700, since it becomes `final`). Whatever
+    is left of it on exit (an error, or nothing published) is removed.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{label}", dir=final.parent))
+    try:
+        os.chmod(tmp, _default_mode(0o777) if mode is None else mode)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
 
 
 def publish_dir(tmp: Path, final: Path) -> Path:
