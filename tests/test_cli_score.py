@@ -691,20 +691,20 @@ def test_table_output_has_nothing_to_resume() -> None:
     output.check_mode("expert")  # nothing earlier to clash with
 
 
-def test_score_settings_from_flags(tmp_path: Path) -> None:
+def test_score_settings_are_checked_before_the_model_loads(tmp_path: Path) -> None:
     from humanaes.cli.score import ScoreSettings
 
-    flags: dict[str, Any] = dict(paths=(tmp_path,), model=None, mode="Expert", batch_size=4, max_tiles=None,
-                                 device="CPU", dtype="Float32", out=tmp_path / "s.jsonl", report=None, no_exif=True,
-                                 retry_errors=False, quiet=True, threads=None)
-    settings = ScoreSettings.from_flags(fmt=None, **flags)
+    flags = ScoreSettings(paths=(tmp_path,), mode="Expert", batch_size=4, device="CPU", dtype="Float32",
+                          out=tmp_path / "s.jsonl", no_exif=True, quiet=True)
+    settings = flags.checked()
     assert (settings.fmt, settings.mode, settings.device, settings.dtype) == ("jsonl", "expert", "cpu", "float32")
     assert settings.scoring_options() == {"apply_exif": False}
-    assert ScoreSettings.from_flags(fmt=None, **{**flags, "max_tiles": 3, "no_exif": False}).scoring_options() == {"max_tiles": 3}
+    assert dataclasses.replace(flags, max_tiles=3, no_exif=False).scoring_options() == {"max_tiles": 3}
     with pytest.raises(HumanAesError, match="--batch-size must be at least 1, got 0"):
-        ScoreSettings.from_flags(fmt=None, **{**flags, "batch_size": 0})
+        dataclasses.replace(flags, batch_size=0).checked()
     with pytest.raises(HumanAesError, match="is a jsonl file name but --format is csv"):
-        ScoreSettings.from_flags(fmt="csv", **flags)
+        dataclasses.replace(flags, fmt="csv").checked()
+    assert ScoreSettings(paths=(tmp_path,)).checked().fmt == "table"
 
 
 # -- models -------------------------------------------------------------------------------------

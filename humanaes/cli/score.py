@@ -46,10 +46,9 @@ NAMED_FAILURES = 3
 
 @dataclasses.dataclass(frozen=True)
 class ScoreSettings:
-    """One `humanaes score` run as its flags set it, checked (`from_flags`) before any work.
+    """One `humanaes score` run as its flags set it (one field per flag); `checked()` before use.
 
-    `mode`, `device` and `dtype` are lower-cased; `fmt` is the resolved output format (from
-    --out's extension and --format).
+    `fmt` None means "from --out's extension" until `checked()` resolves it.
     """
 
     paths: tuple[Path, ...]
@@ -60,22 +59,20 @@ class ScoreSettings:
     device: str = "auto"
     dtype: str = "auto"
     out: Path | None = None
-    fmt: str = "table"
+    fmt: str | None = None
     report: Path | None = None
     no_exif: bool = False
     retry_errors: bool = False
     quiet: bool = False
     threads: int | None = None
 
-    @classmethod
-    def from_flags(cls, *, fmt: str | None, **flags: Any) -> "ScoreSettings":
-        """The settings of the given flags; HumanAesError for any that cannot work, checked in the
-        order a user meets them and without the model: fail in a second, not after a minute of
-        model loading."""
+    def checked(self) -> "ScoreSettings":
+        """These settings with the output format resolved and mode, device and dtype lower-cased;
+        HumanAesError for any flag that cannot work, checked in the order a user meets them and
+        without the model: fail in a second, not after a minute of model loading."""
         from humanaes import io as hio
 
-        settings = cls(fmt="table", **flags)
-        batch_size, max_tiles, out, report = settings.batch_size, settings.max_tiles, settings.out, settings.report
+        batch_size, max_tiles, out, report = self.batch_size, self.max_tiles, self.out, self.report
         if batch_size < 1:
             raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
         if max_tiles is not None and max_tiles < 1:
@@ -89,15 +86,13 @@ class ScoreSettings:
             raise HumanAesError(f"--report {report} should be an .html file")
         if report is not None:
             hio.check_output_path(report, "--report")
-        resolved = hio.resolve_output_format(out, fmt)
+        fmt = hio.resolve_output_format(out, self.fmt)
         if out is not None:
             hio.check_output_path(out, "--out")
         if out is not None and report is not None and hio.image_key(out) == hio.image_key(report):
             raise HumanAesError(f"--out and --report are the same file ({out}); give them different names")
-        return dataclasses.replace(
-            settings, fmt=resolved, mode=settings.mode.lower() if settings.mode else None,
-            device=settings.device.lower(), dtype=settings.dtype.lower(),
-        )
+        return dataclasses.replace(self, fmt=fmt, mode=self.mode.lower() if self.mode else None,
+                                   device=self.device.lower(), dtype=self.dtype.lower())
 
     def scoring_options(self) -> dict[str, Any]:
         """The scorer options these flags set (only the ones given: the model's defaults stay)."""
@@ -168,7 +163,7 @@ def _load_scorer(model: str | None, device: str, dtype: str, *, threads: int | N
               help="CPU threads for PyTorch. Default: the usable CPUs minus those other processes keep busy "
                    "while the model loads (a quiet 2-core machine gets 2, a busy one 1); N forces N.")
 @click.pass_context
-def score_command(ctx: click.Context, fmt: str | None, **flags: Any) -> None:
+def score_command(ctx: click.Context, **flags: Any) -> None:
     """Score the human images in PATH... (files, folders, .txt/.jsonl manifests).
 
     Folders are searched recursively. With --out, rows are written batch by batch and a rerun with
@@ -184,7 +179,7 @@ def score_command(ctx: click.Context, fmt: str | None, **flags: Any) -> None:
     from humanaes import io as hio
     from humanaes.fsutil import OutputLock
 
-    settings = ScoreSettings.from_flags(fmt=fmt, **flags)
+    settings = ScoreSettings(**flags).checked()  # one field per flag
     with ExitStack() as stack:
         # One writer per output: a second run on the same file is refused at once (the kernel
         # drops the lock when this process dies, so a killed run never leaves it stuck).
@@ -195,7 +190,7 @@ def score_command(ctx: click.Context, fmt: str | None, **flags: Any) -> None:
         hio.enable_optional_decoders()
         items = hio.discover_inputs(settings.paths)
         output = stack.enter_context(
-            hio.open_output(settings.out, settings.fmt, retry_errors=settings.retry_errors, warn=_warn)
+            hio.open_output(settings.out, settings.fmt or "table", retry_errors=settings.retry_errors, warn=_warn)
         )
         _run(ctx, settings, output, items)
 
