@@ -85,10 +85,7 @@ def atomic_write(
             fh.flush()
             os.fsync(fh.fileno())
             fh.close()
-        # mkstemp creates 0600; outputs get the usual permissions (umask applied).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, _default_mode(0o666))  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, target)
     fsync_dir(target.parent)
     return target
@@ -175,6 +172,30 @@ def output_lock(output: str | os.PathLike[str], *, what: str = "--out") -> Outpu
     return OutputLock(output, what=what).acquire()
 
 
+def _default_mode(base: int) -> int:
+    """`base` (0o666 for files, 0o777 for folders) under this process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return base & ~umask
+
+
+@contextlib.contextmanager
+def staging_dir(final: Path, *, label: str = "", mode: int | None = None) -> Iterator[Path]:
+    """A new folder beside `final` to build it in, then `publish_dir(staging, final)` it.
+
+    Created with a random name (`.<final's name>.<label>XXXX`, like `private_temp_file`) so that
+    no other run's folder or a planted link is reused; `mode` sets its permissions (default: a
+    new folder's under the umask, not mkdtemp's private 0700, since it becomes `final`). Whatever
+    is left of it on exit (an error, or nothing published) is removed.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{label}", dir=final.parent))
+    try:
+        os.chmod(tmp, _default_mode(0o777) if mode is None else mode)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once published
+
+
 def publish_dir(tmp: Path, final: Path) -> Path:
     """Move a fully written folder `tmp` to `final`, replacing any previous one.
 
@@ -194,23 +215,31 @@ def publish_dir(tmp: Path, final: Path) -> Path:
 
 
 class NotRegularFileError(OSError):
-    """A path names a folder, FIFO, socket or device where a regular file is needed."""
+    """A path names a folder, FIFO, socket or device where a regular file is needed.
+
+    `st_mode` is the opened file's mode, so a caller can say which kind it was."""
+
+    st_mode: int = 0
 
 
-def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) -> int:
-    """A read-only fd on a regular file, never blocking: a FIFO is opened non-blocking and, like a
-    folder, socket or device, refused (`NotRegularFileError`) without a byte being read. With
+def open_regular(path: str | os.PathLike[str] | bytes, *, follow_symlinks: bool = True) -> int:
+    """A read-only binary fd on a regular file, never blocking: a FIFO is opened non-blocking and,
+    like a folder, socket or device, refused (`NotRegularFileError`) without a byte being read. With
     `follow_symlinks=False` a symlink as the last component is refused (ELOOP) instead of followed.
     Other failures raise the usual OSError subclasses (FileNotFoundError, PermissionError ...)."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
     try:
         import stat
 
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(errno.EINVAL, "not a regular file (a folder, FIFO, socket or device)", os.fspath(path))
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            error = NotRegularFileError(errno.EINVAL, "not a regular file (a folder, FIFO, socket or device)",
+                                        os.fsdecode(path))
+            error.st_mode = mode
+            raise error
         # Back to blocking reads: O_NONBLOCK was only there so that opening a FIFO cannot hang.
         os.set_blocking(fd, True)
     except BaseException:

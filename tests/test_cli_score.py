@@ -640,6 +640,73 @@ def test_parquet_output_resume_and_journal(tmp_path: Path, photos: Path, monkeyp
     assert not hio.journal_path(out).exists()
 
 
+# -- the resume policy (humanaes.io.writers.ResumableOutput) and the run settings --------------
+
+
+def _key(name: str) -> str:
+    return hio.image_key(f"/data/{name}.jpg")
+
+
+def _item(name: str) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(key=_key(name))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_resumable_output_says_what_is_done_and_replaces_a_retried_row(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"s.{fmt}"
+    ok_a, bad_b, ok_c = ScoreResult(_key("a"), overall=0.25), ScoreResult.failed(_key("b"), "b: broken"), ScoreResult(_key("c"), overall=0.75)
+    with hio.open_output(out, fmt) as first:
+        first.write([ok_a, bad_b, ok_c], model="m1", mode="fast")
+        assert first.written == [ok_a, bad_b, ok_c]
+    items = [_item(n) for n in "abcd"]
+
+    resumed = hio.open_output(out, fmt)
+    assert [i.key for i in resumed.remaining(items)] == [_key("d")]  # a failed row counts as done ...
+    assert resumed.earlier_failures == 1 and resumed.earlier_modes == {"fast"} and resumed.earlier_models == {"m1"}
+    resumed.check_mode("fast")
+    with pytest.raises(HumanAesError, match=r"holds results of mode fast, not expert; use another --out"):
+        resumed.check_mode("expert")
+    assert not resumed.mixes_models("m1") and resumed.mixes_models("m2")
+    resumed.close()
+
+    retry = hio.open_output(out, fmt, retry_errors=True)
+    assert [i.key for i in retry.remaining(items)] == [_key("b"), _key("d")]  # ... unless retried
+    retry.write([ScoreResult(_key("b"), overall=0.5)], model="m1", mode="fast")
+    retry.close()
+    text = out.read_text(encoding="utf-8")  # before any reopen (opening compacts a file too)
+    assert len(text.splitlines()) == 3 + (fmt == "csv") and "broken" not in text  # rewritten on close
+    rows = hio.open_writer(out, fmt).existing
+    assert [(r["image"], r["overall"], r["error"]) for r in rows] == [
+        (_key("a"), 0.25, None), (_key("b"), 0.5, None), (_key("c"), 0.75, None)
+    ]  # one row per image: the retried row took the error row's place
+
+
+def test_table_output_has_nothing_to_resume() -> None:
+    import io
+
+    output = hio.open_output(None, "table", retry_errors=True, stream=io.StringIO())
+    assert output.remaining([_item("a")])[0].key == _key("a") and output.earlier_failures == 0
+    output.check_mode("expert")  # nothing earlier to clash with
+
+
+def test_score_settings_are_checked_before_the_model_loads(tmp_path: Path) -> None:
+    from humanaes.cli.score import ScoreSettings
+
+    flags = ScoreSettings(paths=(tmp_path,), mode="Expert", batch_size=4, device="CPU", dtype="Float32",
+                          out=tmp_path / "s.jsonl", no_exif=True, quiet=True)
+    settings = flags.checked()
+    assert (settings.fmt, settings.mode, settings.device, settings.dtype) == ("jsonl", "expert", "cpu", "float32")
+    assert settings.scoring_options() == {"apply_exif": False}
+    assert dataclasses.replace(flags, max_tiles=3, no_exif=False).scoring_options() == {"max_tiles": 3}
+    with pytest.raises(HumanAesError, match="--batch-size must be at least 1, got 0"):
+        dataclasses.replace(flags, batch_size=0).checked()
+    with pytest.raises(HumanAesError, match="is a jsonl file name but --format is csv"):
+        dataclasses.replace(flags, fmt="csv").checked()
+    assert ScoreSettings(paths=(tmp_path,)).checked().fmt == "table"
+
+
 # -- models -------------------------------------------------------------------------------------
 
 

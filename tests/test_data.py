@@ -272,3 +272,28 @@ def test_split_never_writes_through_a_planted_temp_symlink(tmp_path):
     assert victim.read_text() == "keep me"
     assert len(D.load_split(root, "train")) + len(D.load_split(root, "test")) == 6
     assert sorted(p.name for p in root.iterdir() if p.name.endswith(".tmp")) == ["test_label.jsonl.tmp", "train_label.jsonl.tmp"]
+
+
+def test_staging_dir_is_private_named_published_whole_or_removed(tmp_path):
+    """fsutil.staging_dir: the one 'build a folder beside it, then publish it' helper (import,
+    swift export and build use it)."""
+    import os
+
+    from humanaes.fsutil import publish_dir, staging_dir
+
+    final = tmp_path / "ds"
+    with pytest.raises(RuntimeError):
+        with staging_dir(final, label="import-") as tmp:
+            assert tmp.parent == tmp_path and tmp.name.startswith(".ds.import-") and tmp.name != ".ds.import-"
+            (tmp / "half.txt").write_text("x")
+            raise RuntimeError("failed half way")
+    assert list(tmp_path.iterdir()) == []  # nothing left, nothing published
+    umask = os.umask(0)
+    os.umask(umask)
+    with staging_dir(final) as tmp:
+        assert tmp.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's private 0700: it becomes `final`
+        (tmp / "rows.jsonl").write_text("{}\n")
+        publish_dir(tmp, final)
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"] and (final / "rows.jsonl").read_text() == "{}\n"
+    with staging_dir(final, mode=0o750) as tmp:
+        assert tmp.stat().st_mode & 0o777 == 0o750

@@ -347,7 +347,14 @@ def test_image_path_escaping_the_source_root_is_refused(tiny, tmp_path):
 
 def test_spec_errors_are_one_line(tiny, tmp_path):
     spec = tiny(filters="  human: {face: true, persn: hog}\n")
-    with pytest.raises(ConfigError, match=r"filters\.human: unknown key\(s\) 'persn'"):
+    with pytest.raises(ConfigError, match=r"\.yaml: unknown filters\.human key 'persn'; valid keys: face, face_detect_size, "
+                                          r"min_face_fraction, min_face_score, person, person_min_weight$"):
+        load_spec(spec)
+    spec = tiny(filters="  human: {face: true, persn: hog, dedupe: 3}\n")
+    with pytest.raises(ConfigError, match=r"unknown filters\.human keys 'persn', 'dedupe'"):
+        load_spec(spec)
+    spec = tiny(source_extra="    licence: CC-BY\n    license: MIT\n")  # an alias must not hide a second value
+    with pytest.raises(ConfigError, match=r"source 'Tiny': 'licence' and 'license' are the same setting; give only one"):
         load_spec(spec)
     spec.write_text("sources: []\n")
     assert "sources must be a non-empty list" in _error(spec, tmp_path / "o")

@@ -481,6 +481,73 @@ def test_missing_file_and_folder(tmp_path):
     assert _raises(str(tmp_path), "folder").item == str(tmp_path)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and symlinks")
+def test_paths_that_are_not_regular_files_get_exact_causes(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "dangling.jpg"
+    dangling.symlink_to(tmp_path / "gone.jpg")
+    assert str(_raises(fifo, "")) == f"{fifo}: is a FIFO (named pipe), not a regular file; not opened"
+    assert str(_raises(tmp_path, "")) == f"{tmp_path}: is a folder, not an image file"
+    assert str(_raises(loop, "")) == f"{loop}: symlink loop (the link leads back to itself)"
+    assert str(_raises(dangling, "")) == f"{dangling}: dangling symlink (its target does not exist)"
+    assert str(_raises(tmp_path / "nope.jpg", "")) == f"{tmp_path / 'nope.jpg'}: file not found"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs")
+def test_a_fifo_swapped_in_after_the_stat_check_is_refused_not_read(tmp_path, monkeypatch):
+    # Bug caught: the decoder trusts its stat check and opens the path for a blocking read; a FIFO
+    # put in its place in between would hang the run (open_regular re-checks the opened file).
+    import os
+
+    regular, fifo = tmp_path / "ok.jpg", tmp_path / "pipe.jpg"
+    regular.write_bytes(b"x")
+    os.mkfifo(fifo)
+    real_stat = os.stat
+    monkeypatch.setattr(os, "stat", lambda path, *a, **k: real_stat(regular if str(path) == str(fifo) else path, *a, **k))
+    import signal
+
+    def hung(*_):
+        raise AssertionError("load_image blocked on the FIFO")
+
+    old_handler = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)
+    try:
+        assert str(_raises(fifo, "")) == f"{fifo}: is a FIFO (named pipe), not a regular file; not opened"
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+
+
+def test_importing_the_decoder_loads_no_writers_tables_or_models():
+    # Bug caught: humanaes.io's package init imports every submodule (writers, tables), or the
+    # decoder imports a model family's tiling, so every scorer pays for them.
+    import subprocess
+
+    code = ("import sys, json, humanaes.io.images; print(json.dumps(sorted(m for m in sys.modules "
+            "if m.startswith(('humanaes.', 'pandas', 'pyarrow', 'torch', 'transformers')))))")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)}, check=True)
+    assert json.loads(proc.stdout) == [
+        "humanaes._moved", "humanaes.errors", "humanaes.fsutil", "humanaes.io", "humanaes.io.discovery",
+        "humanaes.io.images", "humanaes.io.keys", "humanaes.schema",
+    ]
+
+
+def test_every_name_humanaes_io_exports_resolves():
+    from humanaes import io as hio
+
+    for name in hio.__all__:
+        assert getattr(hio, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        hio.nope  # noqa: B018
+
+
 def test_empty_text_and_garbage(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")

@@ -284,16 +284,14 @@ def test_apply_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(("flag", "expected"), [(None, 1), (3, 3)])
 def test_cli_uses_the_default_unless_threads_is_given(flag: int | None, expected: int,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from humanaes.cli.score import _load_scorer, score_command
+    from humanaes.cli.score import _load_scorer
 
     before = torch.get_num_threads()
     monkeypatch.setattr(humanaes, "load", lambda *a, **k: object(), raising=False)
     monkeypatch.setattr(runtime, "default_threads", lambda probe=None: 1)
     try:
         torch.set_num_threads(2)
-        with click.Context(score_command) as ctx:
-            ctx.meta.update({"humanaes.threads": flag, "humanaes.quiet": True})
-            _load_scorer(None, "cpu", "auto")
+        _load_scorer(None, "cpu", "auto", threads=flag, quiet=True)
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)

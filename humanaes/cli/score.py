@@ -7,6 +7,7 @@ interrupted (the rows written so far are kept; rerun the same command to resume)
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import sys
@@ -22,7 +23,8 @@ from humanaes.signals import sigterm_as_interrupt
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 if TYPE_CHECKING:
-    from humanaes.io import DiscoveredImage, ResultWriter
+    from humanaes.io import DiscoveredImage
+    from humanaes.io.writers import ResumableOutput
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -32,18 +34,84 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-def _load_scorer(model: str | None, device: str, dtype: str) -> Any:
+#: The largest --batch-size. A batch's decoded inputs and activations are held at once: measured
+#: with the bundled model (benchmarks/batch_memory.py, 1 thread) peak RSS is 544 MiB at batch 8
+#: and 1408 MiB at 128 (128 photos), 2091 MiB at 256 (256 photos): 6-8 MiB more per image in a
+#: batch, and HumanAesExpert's tiles cost far more. Batches past a few dozen images are no faster
+#: on a CPU (256 photos: 41 s at 8, 43 s at 64, 66 s at 256).
+MAX_BATCH_SIZE = 128
+#: How many failed items the summary names before pointing at the output for the rest.
+NAMED_FAILURES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSettings:
+    """One `humanaes score` run as its flags set it (one field per flag); `checked()` before use.
+
+    `fmt` None means "from --out's extension" until `checked()` resolves it.
+    """
+
+    paths: tuple[Path, ...]
+    model: str | None = None
+    mode: str | None = None
+    batch_size: int = 8
+    max_tiles: int | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    out: Path | None = None
+    fmt: str | None = None
+    report: Path | None = None
+    no_exif: bool = False
+    retry_errors: bool = False
+    quiet: bool = False
+    threads: int | None = None
+
+    def checked(self) -> "ScoreSettings":
+        """These settings with the output format resolved and mode, device and dtype lower-cased;
+        HumanAesError for any flag that cannot work, checked in the order a user meets them and
+        without the model: fail in a second, not after a minute of model loading."""
+        from humanaes import io as hio
+
+        batch_size, max_tiles, out, report = self.batch_size, self.max_tiles, self.out, self.report
+        if batch_size < 1:
+            raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
+        if max_tiles is not None and max_tiles < 1:
+            raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
+        if batch_size > MAX_BATCH_SIZE:
+            raise HumanAesError(
+                f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
+                "and larger batches are not faster; use a smaller one"
+            )
+        if report is not None and report.suffix.lower() not in (".html", ".htm"):
+            raise HumanAesError(f"--report {report} should be an .html file")
+        if report is not None:
+            hio.check_output_path(report, "--report")
+        fmt = hio.resolve_output_format(out, self.fmt)
+        if out is not None:
+            hio.check_output_path(out, "--out")
+        if out is not None and report is not None and hio.image_key(out) == hio.image_key(report):
+            raise HumanAesError(f"--out and --report are the same file ({out}); give them different names")
+        return dataclasses.replace(self, fmt=fmt, mode=self.mode.lower() if self.mode else None,
+                                   device=self.device.lower(), dtype=self.dtype.lower())
+
+    def scoring_options(self) -> dict[str, Any]:
+        """The scorer options these flags set (only the ones given: the model's defaults stay)."""
+        options: dict[str, Any] = {}
+        if self.max_tiles is not None:
+            options["max_tiles"] = self.max_tiles
+        if self.no_exif:
+            options["apply_exif"] = False
+        return options
+
+
+def _load_scorer(model: str | None, device: str, dtype: str, *, threads: int | None = None, quiet: bool = False) -> Any:
     """Load the model, saying so on stderr (it can take a while), and set the CPU threads:
-    --threads N, or runtime.default_threads() measured over the load (which load() also applies;
-    setting it here keeps --threads authoritative). The `score` command stores both settings in
-    the click context so that the callers' signatures stay unchanged."""
+    `threads` (--threads N), or runtime.default_threads() measured over the load (which load()
+    also applies; setting it here keeps --threads authoritative)."""
     # Imported lazily: loading torch/transformers must not slow down `--help` or input errors.
     import humanaes
     from humanaes.runtime import CpuLoadProbe, apply_threads
 
-    meta = click.get_current_context().meta
-    quiet = bool(meta.get("humanaes.quiet"))
-    threads = meta.get("humanaes.threads")
     name = model or "humanaes-mini (the bundled default)"
     # On a terminal the "loading" line shows while the load runs and is then completed (or wiped,
     # when loading fails, so that the error is the only line). Logs and pipes get no status lines:
@@ -66,21 +134,6 @@ def _load_scorer(model: str | None, device: str, dtype: str) -> Any:
         how += " (--threads)" if threads is not None and chosen is not None else ""
         click.echo(f"loaded model {name} in {time.monotonic() - start:.1f} s{how}", err=True)
     return scorer
-
-
-def _previous_failures(rows: list[dict[str, Any]]) -> int:
-    # writer.existing holds one row per image already (the latest)
-    return sum(1 for r in rows if r.get("error"))
-
-
-#: The largest --batch-size. A batch's decoded inputs and activations are held at once: measured
-#: with the bundled model (benchmarks/batch_memory.py, 1 thread) peak RSS is 544 MiB at batch 8
-#: and 1408 MiB at 128 (128 photos), 2091 MiB at 256 (256 photos): 6-8 MiB more per image in a
-#: batch, and HumanAesExpert's tiles cost far more. Batches past a few dozen images are no faster
-#: on a CPU (256 photos: 41 s at 8, 43 s at 64, 66 s at 256).
-MAX_BATCH_SIZE = 128
-#: How many failed items the summary names before pointing at the output for the rest.
-NAMED_FAILURES = 3
 
 
 @click.command("score")
@@ -110,23 +163,7 @@ NAMED_FAILURES = 3
               help="CPU threads for PyTorch. Default: the usable CPUs minus those other processes keep busy "
                    "while the model loads (a quiet 2-core machine gets 2, a busy one 1); N forces N.")
 @click.pass_context
-def score_command(
-    ctx: click.Context,
-    paths: tuple[Path, ...],
-    model: str | None,
-    mode: str | None,
-    batch_size: int,
-    max_tiles: int | None,
-    device: str,
-    dtype: str,
-    out: Path | None,
-    fmt: str | None,
-    report: Path | None,
-    no_exif: bool,
-    retry_errors: bool,
-    quiet: bool,
-    threads: int | None,
-) -> None:
+def score_command(ctx: click.Context, **flags: Any) -> None:
     """Score the human images in PATH... (files, folders, .txt/.jsonl manifests).
 
     Folders are searched recursively. With --out, rows are written batch by batch and a rerun with
@@ -142,134 +179,102 @@ def score_command(
     from humanaes import io as hio
     from humanaes.fsutil import OutputLock
 
-    # Everything that can be checked without the model is checked first: fail in a second, not
-    # after a minute of model loading.
-    if batch_size < 1:
-        raise HumanAesError(f"--batch-size must be at least 1, got {batch_size}")
-    # Applied when the model loads (_load_scorer): torch stays unimported until then.
-    ctx.meta["humanaes.threads"] = threads
-    ctx.meta["humanaes.quiet"] = quiet
-    if max_tiles is not None and max_tiles < 1:
-        raise HumanAesError(f"--max-tiles must be at least 1, got {max_tiles}")
-    if batch_size > MAX_BATCH_SIZE:
-        raise HumanAesError(
-            f"--batch-size {batch_size} is above the maximum of {MAX_BATCH_SIZE}: a batch is held in memory at once "
-            "and larger batches are not faster; use a smaller one"
-        )
-    if report is not None and report.suffix.lower() not in (".html", ".htm"):
-        raise HumanAesError(f"--report {report} should be an .html file")
-    if report is not None:
-        hio.check_output_path(report, "--report")
-    fmt = hio.resolve_output_format(out, fmt)
-    if out is not None:
-        hio.check_output_path(out, "--out")
-    if out is not None and report is not None and hio.image_key(out) == hio.image_key(report):
-        raise HumanAesError(f"--out and --report are the same file ({out}); give them different names")
-    with ExitStack() as locks:
+    settings = ScoreSettings(**flags).checked()  # one field per flag
+    with ExitStack() as stack:
         # One writer per output: a second run on the same file is refused at once (the kernel
         # drops the lock when this process dies, so a killed run never leaves it stuck).
-        if out is not None:
-            locks.enter_context(OutputLock(out, what="--out"))
-        if report is not None:
-            locks.enter_context(OutputLock(report, what="--report"))
+        if settings.out is not None:
+            stack.enter_context(OutputLock(settings.out, what="--out"))
+        if settings.report is not None:
+            stack.enter_context(OutputLock(settings.report, what="--report"))
         hio.enable_optional_decoders()
-        items = hio.discover_inputs(paths)
-        writer = hio.open_writer(out, fmt, warn=_warn)
-        try:
-            _run(ctx, writer, items, model=model, mode=mode, batch_size=batch_size, max_tiles=max_tiles,
-                 device=device.lower(), dtype=dtype.lower(), out=out, report=report, no_exif=no_exif,
-                 retry_errors=retry_errors, quiet=quiet)
-        finally:
-            writer.close()
+        items = hio.discover_inputs(settings.paths)
+        output = stack.enter_context(
+            hio.open_output(settings.out, settings.fmt or "table", retry_errors=settings.retry_errors, warn=_warn)
+        )
+        _run(ctx, settings, output, items)
 
 
-def _run(
-    ctx: click.Context,
-    writer: "ResultWriter",
-    items: "list[DiscoveredImage]",
-    *,
-    model: str | None,
-    mode: str | None,
-    batch_size: int,
-    max_tiles: int | None,
-    device: str,
-    dtype: str,
-    out: Path | None,
-    report: Path | None,
-    no_exif: bool,
-    retry_errors: bool,
-    quiet: bool,
-) -> None:
-    from tqdm import tqdm
-
-    done = writer.done_keys(retry_errors=retry_errors)
-    todo = [item for item in items if item.key not in done]
+def _run(ctx: click.Context, settings: ScoreSettings, output: "ResumableOutput", items: "list[DiscoveredImage]") -> None:
+    """Score what `output` does not hold yet, then write the report and print the summary."""
+    todo = output.remaining(items)
     skipped = len(items) - len(todo)
-
-    earlier_modes = {r.get("mode") for r in writer.existing if r.get("mode")}
-
-    def check_resumed_mode(this_mode: str) -> None:
-        # Resuming in another mode would mix incomparable scores in one file.
-        if earlier_modes and earlier_modes != {this_mode}:
-            raise HumanAesError(
-                f"--out {out} holds results of mode {', '.join(sorted(earlier_modes))}, not {this_mode}; "
-                "use another --out, or the same --mode to resume"
-            )
-
-    mode = mode.lower() if mode else None
     if not todo:
         # Nothing left to score: no need to load a model (which can take a minute).
-        if mode:
-            check_resumed_mode(mode)
-        if not quiet:
-            earlier_failed = _previous_failures(writer.existing)
-            note = f" ({earlier_failed} of them with errors; use --retry-errors)" if earlier_failed else ""
-            click.echo(f"nothing to do: all {len(items)} images are already in {out}{note}", err=True)
-        writer.close()
-        if report is not None:
-            _write_report(writer.all_rows(), report, no_exif=no_exif, quiet=quiet)
+        if settings.mode:
+            output.check_mode(settings.mode)
+        if not settings.quiet:
+            failed = output.earlier_failures
+            note = f" ({failed} of them with errors; use --retry-errors)" if failed else ""
+            click.echo(f"nothing to do: all {len(items)} images are already in {settings.out}{note}", err=True)
+        output.close()
+        if settings.report is not None:
+            _write_report(output.all_rows(), settings)
         return
 
-    scorer = _load_scorer(model, device, dtype)
-    options: dict[str, Any] = {}
-    if max_tiles is not None:
-        options["max_tiles"] = max_tiles
-    if no_exif:
-        options["apply_exif"] = False
-    mode = scorer.check_mode(mode)  # before any work: bad flags fail fast
-    scorer.parse_options(**options)  # e.g. --max-tiles with a model that has no tiles: exit 2
-    check_resumed_mode(mode)
-    model_name = str(getattr(scorer, "name", model or "default"))
-    earlier_models = {r.get("model") for r in writer.existing if r.get("model")}
-    if earlier_models and earlier_models != {model_name}:
-        _warn(f"--out {out} holds results of model {', '.join(sorted(earlier_models))}; appending {model_name}")
-
-    if not quiet and skipped:
-        click.echo(f"resuming {out}: {skipped} images already scored, {len(todo)} to go", err=True)
-
-    # Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
-    # become error rows without being opened; runs of the others go to the model. Rows keep the
-    # input order and are written every batch_size results (one fsync per model batch).
-    displays = {item.key: item.display for item in todo}
-    new_rows: list[ScoreResult] = []
-    pending: list[ScoreResult] = []
+    scorer, mode, model_name = _prepare_scorer(settings, output)
+    if not settings.quiet and skipped:
+        click.echo(f"resuming {settings.out}: {skipped} images already scored, {len(todo)} to go", err=True)
     start = time.monotonic()
+    interrupted = _score_into(output, scorer, todo, settings, mode=mode, model_name=model_name)
+    elapsed = time.monotonic() - start
+    output.close()  # flush/finish the output (one row per image) before the report reads images again
+
+    if interrupted:
+        _say_interrupted(output, len(todo), settings.out)
+        ctx.exit(130)
+    if settings.report is not None:
+        _write_report(output.all_rows(), settings)
+    failed = [r for r in output.written if r.error]
+    if not settings.quiet:
+        displays = {item.key: item.display for item in todo}
+        _print_summary(output, settings, skipped=skipped, elapsed=elapsed, displays=displays)
+    if failed:
+        ctx.exit(1)
+
+
+def _prepare_scorer(settings: ScoreSettings, output: "ResumableOutput") -> tuple[Any, str, str]:
+    """(scorer, mode, model name): the model loaded and every flag checked against it before any
+    image is read (a bad flag or a mode that would mix with the output's is exit 2 at once)."""
+    scorer = _load_scorer(settings.model, settings.device, settings.dtype, threads=settings.threads,
+                          quiet=settings.quiet)
+    mode = scorer.check_mode(settings.mode)
+    scorer.parse_options(**settings.scoring_options())  # e.g. --max-tiles with a model that has no tiles
+    output.check_mode(mode)
+    model_name = str(getattr(scorer, "name", settings.model or "default"))
+    if output.mixes_models(model_name):
+        _warn(f"--out {settings.out} holds results of model {', '.join(sorted(output.earlier_models))}; "
+              f"appending {model_name}")
+    return scorer, mode, model_name
+
+
+def _score_into(output: "ResumableOutput", scorer: Any, todo: "list[DiscoveredImage]", settings: ScoreSettings, *,
+                mode: str, model_name: str) -> bool:
+    """Score `todo` into `output` with a progress bar; True when interrupted (Ctrl-C, SIGTERM).
+
+    Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
+    become error rows without being opened; runs of the others go to the model. Rows keep the
+    input order and are written every batch_size results (one fsync per model batch).
+    """
+    from tqdm import tqdm
+
+    displays = {item.key: item.display for item in todo}
+    options = settings.scoring_options()
+    pending: list[ScoreResult] = []
     # delay: short runs show no bar at all; long runs show images/s.
-    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=quiet, delay=1.0, dynamic_ncols=True,
+    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=settings.quiet, delay=1.0, dynamic_ncols=True,
                smoothing=0.1)
 
     def write() -> None:
-        writer.write_batch(pending, model=model_name, mode=mode, displays=[displays.get(r.image) for r in pending])
-        new_rows.extend(pending)
+        output.write(pending, model=model_name, mode=mode, displays=[displays.get(r.image) for r in pending])
         pending.clear()
 
     def add(result: ScoreResult) -> None:
         pending.append(result)
         bar.update(1)
-        if len(pending) >= batch_size:
+        if len(pending) >= settings.batch_size:
             write()
 
-    interrupted = False
     try:
         with sigterm_as_interrupt():
             for refused, run in itertools.groupby(todo, key=lambda item: item.error is not None):
@@ -280,7 +285,7 @@ def _run(
                     continue
                 # The model names results (and their errors) by the path as given; the row's
                 # image is the key. iter_score yields one result per input, in order.
-                results = scorer.iter_score([item.path for item in group], mode=mode, batch_size=batch_size,
+                results = scorer.iter_score([item.path for item in group], mode=mode, batch_size=settings.batch_size,
                                             names=[item.display for item in group], **options)
                 for item, result in zip(group, results):
                     result.image = item.key
@@ -288,49 +293,48 @@ def _run(
             if pending:
                 write()
     except KeyboardInterrupt:
-        interrupted = True
+        return True
     finally:
         bar.close()
-    writer.close()  # flush/finish the output (one row per image) before the report reads images again
+    return False
 
-    if interrupted:
-        if not new_rows:
-            where = f"; {out} is unchanged" if out and out.exists() else ("; nothing was written" if out else "")
-            click.echo(f"interrupted before any of {len(todo)} images was scored{where}", err=True)
-        else:
-            where = f"; {len(new_rows)} new rows are in {out}, rerun the same command to resume" if out else ""
-            click.echo(f"interrupted after {len(new_rows)} of {len(todo)} images{where}", err=True)
-        ctx.exit(130)
 
-    if report is not None:
-        _write_report(writer.all_rows(), report, no_exif=no_exif, quiet=quiet)
+def _say_interrupted(output: "ResumableOutput", todo: int, out: Path | None) -> None:
+    written = len(output.written)
+    if not written:
+        where = f"; {out} is unchanged" if out and out.exists() else ("; nothing was written" if out else "")
+        click.echo(f"interrupted before any of {todo} images was scored{where}", err=True)
+    else:
+        where = f"; {written} new rows are in {out}, rerun the same command to resume" if out else ""
+        click.echo(f"interrupted after {written} of {todo} images{where}", err=True)
 
+
+def _print_summary(output: "ResumableOutput", settings: ScoreSettings, *, skipped: int, elapsed: float,
+                   displays: dict[str, str]) -> None:
+    """The run's summary on stderr: how many were scored, skipped and failed, and where they are."""
+    out, new_rows = settings.out, output.written
     failed = [r for r in new_rows if r.error]
-    if not quiet:
-        elapsed = time.monotonic() - start
-        ok = len(new_rows) - len(failed)
-        parts = [f"scored {ok} image{'' if ok == 1 else 's'}"]
-        if new_rows and elapsed > 0:
-            parts[-1] += f" ({len(new_rows) / elapsed:.2f} images/s)"
-        if skipped:
-            parts.append(f"{skipped} skipped (already in {out})")
-        earlier_failed = _previous_failures(writer.existing) if (skipped and not retry_errors) else 0
-        if earlier_failed:
-            parts.append(f"{earlier_failed} earlier rows have errors (use --retry-errors)")
-        dest = f" -> {out}" if out else ""
-        click.echo(", ".join(parts) + dest + (f"; report: {report}" if report else ""), err=True)
-        if failed:
-            click.echo(_failure_summary(failed, displays, out), err=True)
-        no_person = sum(1 for r in new_rows if r.person_found is False)
-        if no_person:
-            click.echo(
-                f"{no_person} image{' has' if no_person == 1 else 's had'} no detectable person: "
-                f"{'its scores are' if no_person == 1 else 'their scores are'} not meaningful"
-                f"{'' if out is None else ' (person_found is false in ' + str(out) + ')'}",
-                err=True,
-            )
+    ok = len(new_rows) - len(failed)
+    parts = [f"scored {ok} image{'' if ok == 1 else 's'}"]
+    if new_rows and elapsed > 0:
+        parts[-1] += f" ({len(new_rows) / elapsed:.2f} images/s)"
+    if skipped:
+        parts.append(f"{skipped} skipped (already in {out})")
+    earlier_failed = output.earlier_failures if (skipped and not settings.retry_errors) else 0
+    if earlier_failed:
+        parts.append(f"{earlier_failed} earlier rows have errors (use --retry-errors)")
+    dest = f" -> {out}" if out else ""
+    click.echo(", ".join(parts) + dest + (f"; report: {settings.report}" if settings.report else ""), err=True)
     if failed:
-        ctx.exit(1)
+        click.echo(_failure_summary(failed, displays, out), err=True)
+    no_person = sum(1 for r in new_rows if r.person_found is False)
+    if no_person:
+        click.echo(
+            f"{no_person} image{' has' if no_person == 1 else 's had'} no detectable person: "
+            f"{'its scores are' if no_person == 1 else 'their scores are'} not meaningful"
+            f"{'' if out is None else ' (person_found is false in ' + str(out) + ')'}",
+            err=True,
+        )
 
 
 def _failure_summary(failed: list[ScoreResult], displays: dict[str, str], out: Path | None) -> str:
@@ -357,7 +361,7 @@ def _failure_summary(failed: list[ScoreResult], displays: dict[str, str], out: P
     return text
 
 
-def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, quiet: bool) -> None:
+def _write_report(rows: list[dict[str, Any]], settings: ScoreSettings) -> None:
     from tqdm import tqdm
 
     from humanaes.io.report import write_report
@@ -365,8 +369,8 @@ def _write_report(rows: list[dict[str, Any]], report: Path, *, no_exif: bool, qu
     if not rows:
         _warn("no rows to report; --report not written")
         return
-    with tqdm(total=len(rows), unit="img", desc="report", file=sys.stderr, disable=quiet, delay=1.0) as bar:
-        write_report(rows, report, apply_exif=not no_exif, on_thumbnail=lambda: bar.update(1))
+    with tqdm(total=len(rows), unit="img", desc="report", file=sys.stderr, disable=settings.quiet, delay=1.0) as bar:
+        write_report(rows, settings.report, apply_exif=not settings.no_exif, on_thumbnail=lambda: bar.update(1))
 
 
 @click.command("models")

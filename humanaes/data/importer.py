@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from humanaes.fsutil import (
     atomic_write,
     open_regular,
     publish_dir,
+    staging_dir,
 )
 from humanaes.schema import DIMENSIONS, NUM_DIMENSIONS, OVERALL, score_to_level
 
@@ -437,49 +437,42 @@ def _build(
                     f"run `humanaes data split {out} --force` for new splits"
                 )
 
-    umask = os.umask(0)
-    os.umask(umask)
+    # The new tree keeps the old one's permissions (a new folder's under the umask otherwise).
+    mode = stat.S_IMODE(out_real.stat().st_mode) if out_real.is_dir() else None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_real.name}.import-", dir=out_real.parent))
-    except OSError as exc:
-        raise DataError(f"cannot create a temporary folder beside --out {out} ({exc.strerror or exc}); nothing imported") from None
-    try:
-        os.chmod(tmp, stat.S_IMODE(out_real.stat().st_mode) if out_real.is_dir() else 0o777 & ~umask)
-        if out_real.is_dir():
-            _carry_over(out_real, tmp, skip)
-        for subset, row, original in planned:
-            folder = tmp / subset / "images"
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / row["image_name"]
-            if target.is_symlink() or target.exists():
-                target.unlink()  # a stray file of the old tree under our name, in our own copy
-            try:
-                if copy:
-                    _copy_regular(original, target)
-                else:
-                    final_folder = out_real / subset / "images"
-                    target.symlink_to(os.path.relpath(original, final_folder))
-            except OSError as exc:
-                hint = "" if copy else "; pass --copy to copy the images instead"
-                raise DataError(f"cannot create {out / subset / 'images' / row['image_name']} ({exc.strerror or exc}){hint}") from None
-        written: dict[str, int] = {}
-        for subset in subsets:
-            new_rows = [row for s, row, _ in planned if s == subset]
-            if new_rows or kept[subset]:
-                (tmp / subset).mkdir(exist_ok=True)
-                _write_jsonl(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
-                written[subset] = len(new_rows)
-        for name, lines in splits.items():
-            if lines is not None:
-                atomic_write(tmp / name, "".join(lines))
-        publish_dir(tmp, out_real)
+        with staging_dir(out_real, label="import-", mode=mode) as tmp:
+            if out_real.is_dir():
+                _carry_over(out_real, tmp, skip)
+            for subset, row, original in planned:
+                folder = tmp / subset / "images"
+                folder.mkdir(parents=True, exist_ok=True)
+                target = folder / row["image_name"]
+                if target.is_symlink() or target.exists():
+                    target.unlink()  # a stray file of the old tree under our name, in our own copy
+                try:
+                    if copy:
+                        _copy_regular(original, target)
+                    else:
+                        final_folder = out_real / subset / "images"
+                        target.symlink_to(os.path.relpath(original, final_folder))
+                except OSError as exc:
+                    hint = "" if copy else "; pass --copy to copy the images instead"
+                    raise DataError(f"cannot create {out / subset / 'images' / row['image_name']} ({exc.strerror or exc}){hint}") from None
+            written: dict[str, int] = {}
+            for subset in subsets:
+                new_rows = [row for s, row, _ in planned if s == subset]
+                if new_rows or kept[subset]:
+                    (tmp / subset).mkdir(exist_ok=True)
+                    _write_jsonl(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
+                    written[subset] = len(new_rows)
+            for name, lines in splits.items():
+                if lines is not None:
+                    atomic_write(tmp / name, "".join(lines))
+            publish_dir(tmp, out_real)
     except DataError as exc:
         raise DataError(f"{exc}; nothing imported, the old data set is unchanged") from None
     except OSError as exc:
         raise DataError(f"cannot write --out {out} ({exc.strerror or exc}: {exc.filename}); nothing imported, the old data set is unchanged") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "out": str(out),
         "source": source,

@@ -24,14 +24,13 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from humanaes.data import EXPERT_SUBSET, OVERALL_SUBSET, SPLIT_SUFFIX, SUBSET_LABEL, Sample, load_samples
 from humanaes.errors import DataError
-from humanaes.fsutil import OutputLock, atomic_write, publish_dir
+from humanaes.fsutil import OutputLock, atomic_write, publish_dir, staging_dir
 from humanaes.models.expert.prompts import ANSWER_PREFIX, expert_answer, overall_answer
 from humanaes.schema import LEVELS, NUM_DIMENSIONS, OVERALL
 
@@ -235,15 +234,9 @@ def import_swift(
     out.parent.mkdir(parents=True, exist_ok=True)
     with OutputLock(out):
         _refuse_existing(out, force)  # again: another run may have published while we read
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the published set is not
-        try:
+        with staging_dir(out) as tmp:
             _write_layout(tmp, out, rows, split, copy)
             publish_dir(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     per_subset = {subset: sum(1 for r in rows if r[0] == subset) for subset in (OVERALL_SUBSET, EXPERT_SUBSET)}
     return {
         "out": str(out),

@@ -26,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from humanaes.errors import HumanAesError
+from humanaes.config_keys import check_known_keys
+from humanaes.errors import ConfigError, HumanAesError
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,24 @@ def build_application(
     return deployment.bind(model, settings.to_json() if settings else None, options)
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(ReplicaSettings)}
+#: `app_builder` arguments that are `humanaes.load` options rather than settings fields
+_LOAD_ARGUMENTS = ("model", "device", "dtype", "threads")
+#: ServeSettings fields that come from elsewhere (HUMANAES_API_KEYS), not from `serve run`
+_NOT_ARGUMENTS = ("api_keys", "cors_origins")
+
+
+def _number_fields(cls: type) -> dict[str, type]:
+    """The int/float fields of settings dataclass `cls` (string annotations resolved)."""
+    kinds = {"int": int, "float": float, int: int, float: float}
+    return {f.name: kinds[f.type] for f in dataclasses.fields(cls) if f.name not in _NOT_ARGUMENTS and f.type in kinds}
+
+
+def _number(key: str, text: str, kind: type) -> Any:
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        what = "a whole number" if kind is int else "a number"
+        raise ConfigError(f"serve run argument {key}={text!r} must be {what}") from None
 
 
 def app_builder(args: Mapping[str, str]) -> Any:
@@ -129,24 +147,14 @@ def app_builder(args: Mapping[str, str]) -> Any:
     threads, the ReplicaSettings fields, and the service limits (max_batch, max_queue, ...)."""
     from humanaes.serve import ServeSettings, load_api_keys
 
-    args = dict(args)
-    model = args.pop("model", None)
-    load_options: dict[str, Any] = {k: args.pop(k) for k in ("device", "dtype") if k in args}
+    replica_fields, service_fields = _number_fields(ReplicaSettings), _number_fields(ServeSettings)
+    check_known_keys(args, [*_LOAD_ARGUMENTS, *replica_fields, *service_fields], "serve run argument")
+    model = args.get("model")
+    load_options: dict[str, Any] = {k: args[k] for k in ("device", "dtype") if k in args}
     if "threads" in args:
-        load_options["threads"] = int(args.pop("threads"))
-    replica_values: dict[str, Any] = {}
-    for key in list(args):
-        if key in _FIELD_TYPES:
-            text = args.pop(key)
-            replica_values[key] = int(text) if _FIELD_TYPES[key] in (int, "int") else float(text)
-    service_fields = {f.name: f.type for f in dataclasses.fields(ServeSettings)}
-    service_values: dict[str, Any] = {}
-    for key in list(args):
-        if key in service_fields and key not in ("api_keys", "cors_origins"):
-            text = args.pop(key)
-            service_values[key] = int(text) if service_fields[key] in (int, "int") else float(text)
-    if args:
-        raise HumanAesError(f"unknown serve run arguments: {', '.join(sorted(args))}")
+        load_options["threads"] = _number("threads", args["threads"], int)
+    replica_values = {k: _number(k, v, replica_fields[k]) for k, v in args.items() if k in replica_fields}
+    service_values = {k: _number(k, v, service_fields[k]) for k, v in args.items() if k in service_fields}
     load_options.setdefault("device", "cpu" if not replica_values.get("num_gpus") else "cuda")
     return build_application(
         # API keys from HUMANAES_API_KEYS where `serve run` runs; they travel in the settings

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from humanaes.errors import ConfigError, ImageLoadError
+from humanaes.fsutil import NotRegularFileError, open_regular
 from humanaes.io.discovery import special_file_kind
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
@@ -193,45 +194,45 @@ def _max_file_bytes(max_pixels: int | None) -> int | None:
 
 def _read_regular_file(path: str | bytes, item: str, max_bytes: int | None = None) -> bytes:
     """The bytes of a regular file; anything else (FIFO, socket, device, folder, symlink loop) is
-    refused with ImageLoadError before it is opened, so reading never blocks on a pipe. A file
-    larger than `max_bytes` is refused before it is read.
+    refused with ImageLoadError before it is opened, so reading never blocks on a pipe and a
+    device is never touched. A file larger than `max_bytes` is refused before it is read.
 
-    The file is opened with O_NONBLOCK and checked again with fstat, so a FIFO swapped in
-    between the two checks cannot block either.
+    The stat check names what the path is; `fsutil.open_regular` then opens it without blocking
+    and checks the opened file again, so a FIFO swapped in between the two cannot block either.
     """
     try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise ImageLoadError(item, "dangling symlink (its target does not exist)") from None
-        raise ImageLoadError(item, "file not found") from None
-    except PermissionError:
-        raise ImageLoadError(item, "permission denied reading the file") from None
+        _require_regular(os.stat(path).st_mode, item)
+        fd = open_regular(path)
+    except NotRegularFileError as exc:  # swapped in after the stat check
+        _require_regular(exc.st_mode, item)
+        raise  # pragma: no cover - st_mode is never a regular file's here
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ImageLoadError(item, "symlink loop (the link leads back to itself)") from None
-        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
-    _require_regular(mode, item)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except PermissionError:
-        raise ImageLoadError(item, "permission denied reading the file") from None
-    except OSError as exc:
-        raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+        raise _unreadable(exc, path, item) from None
     with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        _require_regular(st.st_mode, item)
-        if max_bytes is not None and st.st_size > max_bytes:
+        size = os.fstat(fh.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
             raise ImageLoadError(
                 item,
-                f"file of {st.st_size} bytes is larger than any image within the pixel limit can be "
+                f"file of {size} bytes is larger than any image within the pixel limit can be "
                 f"({max_bytes} bytes); not read. Pass a larger max_pixels to allow it",
             )
         try:
             return fh.read()
         except OSError as exc:
             raise ImageLoadError(item, f"cannot read the file ({_describe(exc)})") from None
+
+
+def _unreadable(exc: OSError, path: str | bytes, item: str) -> ImageLoadError:
+    """Why a path could not be opened, in words."""
+    if isinstance(exc, FileNotFoundError):
+        if os.path.islink(path):
+            return ImageLoadError(item, "dangling symlink (its target does not exist)")
+        return ImageLoadError(item, "file not found")
+    if isinstance(exc, PermissionError):
+        return ImageLoadError(item, "permission denied reading the file")
+    if exc.errno == errno.ELOOP:
+        return ImageLoadError(item, "symlink loop (the link leads back to itself)")
+    return ImageLoadError(item, f"cannot read the file ({_describe(exc)})")
 
 
 def _require_regular(mode: int, item: str) -> None:

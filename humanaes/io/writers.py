@@ -19,6 +19,11 @@ and a rerun with the same `--out` resumes where it stopped:
 - **Older layouts** (before `extra`, before `person_found`/`display`) are still resumed: a run
   that opens one rewrites it atomically in the current layout first (with a warning).
 
+`open_output` wraps a writer in a `ResumableOutput`, which holds the rest of the resume policy:
+which images the output already holds (`remaining(items)` leaves them out; with
+`retry_errors` an image whose row has an error is scored again), which modes and models
+earlier runs used, and how many of its rows are failures. The CLI only asks and reports.
+
 The caller holds the output's lock (`humanaes.fsutil.output_lock`) for the whole run, so no
 other process appends to or rewrites the file meanwhile.
 """
@@ -34,7 +39,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 from humanaes.errors import HumanAesError
 from humanaes.fsutil import atomic_write, fsync_dir
@@ -634,3 +639,86 @@ def open_writer(out: Path | None, fmt: str, *, warn: Warn = _stderr_warning, str
     if fmt == "parquet":
         return ParquetWriter(out, warn=warn)
     raise HumanAesError(f"unknown output format {fmt!r}")
+
+
+# -- resuming -----------------------------------------------------------------------------------
+
+
+class Keyed(Protocol):
+    """Anything with an image key (a `DiscoveredImage`): what `ResumableOutput.remaining` sorts."""
+
+    @property
+    def key(self) -> str: ...
+
+
+KeyedItem = TypeVar("KeyedItem", bound=Keyed)
+
+
+class ResumableOutput:
+    """An output opened for one run, with the resume policy of `humanaes score`.
+
+    - `done`: the images the output already holds, each once (its latest row); with
+      `retry_errors` the images whose row has an error are not done, so they are scored again
+      and their new row replaces the old one when the output closes (the writers' atomic
+      rewrite). Older layouts were upgraded and torn last rows cut off when the writer opened.
+    - `remaining(items)`: the items still to score, in their order.
+    - `earlier_modes` / `earlier_models` / `earlier_failures`: what the rows already there say,
+      so a resume never mixes modes (`check_mode`) and can warn about mixed models.
+    - `write(...)`: one batch of new results, written durably; `written` keeps them in order.
+    """
+
+    def __init__(self, writer: ResultWriter, *, path: Path | None = None, retry_errors: bool = False):
+        self.writer = writer
+        self.path = path
+        self.retry_errors = retry_errors
+        existing = writer.existing
+        self.done: frozenset[str] = frozenset(writer.done_keys(retry_errors=retry_errors))
+        self.earlier_modes: frozenset[str] = frozenset(r["mode"] for r in existing if r.get("mode"))
+        self.earlier_models: frozenset[str] = frozenset(r["model"] for r in existing if r.get("model"))
+        self.earlier_failures: int = sum(1 for r in existing if r.get("error"))
+        self.written: list[ScoreResult] = []
+
+    def remaining(self, items: Sequence[KeyedItem]) -> list[KeyedItem]:
+        """The items whose image the output does not hold yet (see `done`), in their order."""
+        return [item for item in items if item.key not in self.done]
+
+    def check_mode(self, mode: str) -> None:
+        """HumanAesError when earlier rows were scored in another mode: one file, comparable scores."""
+        if self.earlier_modes and self.earlier_modes != {mode}:
+            raise HumanAesError(
+                f"--out {self.path} holds results of mode {', '.join(sorted(self.earlier_modes))}, not {mode}; "
+                "use another --out, or the same --mode to resume"
+            )
+
+    def mixes_models(self, model: str) -> bool:
+        """True when earlier rows came from another model than `model` (the new rows are still appended)."""
+        return bool(self.earlier_models) and self.earlier_models != {model}
+
+    def write(self, results: Sequence[ScoreResult], *, model: str | None, mode: str | None,
+              displays: Sequence[str | None] | None = None) -> None:
+        """Write one batch durably (see `ResultWriter.write_batch`) and remember it in `written`."""
+        self.writer.write_batch(results, model=model, mode=mode, displays=displays)
+        self.written.extend(results)
+
+    def all_rows(self) -> list[Row]:
+        """Every image's latest flat row, old and new (what a report of the whole output shows)."""
+        return self.writer.all_rows()
+
+    def close(self) -> None:
+        """Finish the output: flush, and rewrite it once if a retried image's row was replaced."""
+        self.writer.close()
+
+    def __enter__(self) -> "ResumableOutput":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_output(out: Path | None, fmt: str, *, retry_errors: bool = False, warn: Warn = _stderr_warning,
+                stream: IO[str] | None = None) -> ResumableOutput:
+    """`open_writer(out, fmt)` wrapped in the resume policy (`ResumableOutput`).
+
+    The caller should hold `humanaes.fsutil.output_lock(out)` until the output is closed.
+    """
+    return ResumableOutput(open_writer(out, fmt, warn=warn, stream=stream), path=out, retry_errors=retry_errors)

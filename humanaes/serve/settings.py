@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from humanaes.config_keys import check_keys
 from humanaes.errors import HumanAesError
 
 #: environment variable holding comma-separated API keys
@@ -60,6 +61,7 @@ class ServeSettings:
     @classmethod
     def from_json(cls, text: str) -> "ServeSettings":
         data: dict[str, Any] = json.loads(text)
+        check_keys(cls, data, "service settings")  # settings of another humanaes version: say which key
         for key in ("api_keys", "cors_origins"):
             data[key] = tuple(data.get(key) or ())
         return cls(**data)

@@ -20,6 +20,7 @@ each table's row order, scores are rounded to 6 decimals, and nothing depends on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -413,7 +414,7 @@ def build_dataset(
     HumanAesError (one line) for bad input; BuildInterrupted on Ctrl-C while probing (resumable).
     """
     from humanaes import data as D
-    from humanaes.fsutil import OutputLock, atomic_write, publish_dir
+    from humanaes.fsutil import OutputLock, atomic_write, publish_dir, staging_dir
 
     say = log or (lambda _message: None)
     out = Path(os.path.abspath(out))
@@ -447,8 +448,8 @@ def build_dataset(
         # (`.lock` files too: split_dataset locks the staging folder through `<staging>.lock`.)
         for stale in out.parent.glob(f".{out.name}.staging-*"):
             _remove(stale)
-        staging = out.with_name(f".{out.name}.staging-{os.getpid()}")
-        try:
+        with staging_dir(out, label="staging-") as staging, contextlib.ExitStack() as cleanup:
+            cleanup.callback(_remove, staging.with_name(staging.name + ".lock"))  # left by split_dataset's lock
             images = staging / BUILD_SUBSET / "images"
             images.mkdir(parents=True)
             final_images = out / BUILD_SUBSET / "images"
@@ -522,9 +523,6 @@ def build_dataset(
             if not check.ok:
                 raise DataError(f"the built data set does not validate ({check.problems[0]}); nothing published")
             publish_dir(staging, out)
-        finally:
-            _remove(staging)
-            _remove(staging.with_name(staging.name + ".lock"))  # left by split_dataset's lock
         shutil.rmtree(work, ignore_errors=True)  # complete: the probe cache is no longer needed
     say(f"published {out}: {len(rows)} images kept of {len(items)} rows ({len(drops)} dropped)")
     return BuildResult(out=out, report=report, probed=probed, reused=reused)

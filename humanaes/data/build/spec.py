@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from humanaes.config_keys import check_known_keys
 from humanaes.errors import ConfigError
 
 #: The subset folder every build writes (overall scores only, as HumanBeauty-58K).
@@ -145,17 +146,17 @@ class _Reader:
         if not isinstance(data, dict):
             self.fail(f"must be a mapping of keys, got {type(data).__name__}")
         self.data: dict[str, Any] = data
-        self.used: set[str] = set()
+        self.known: set[str] = set()  # every key (and alias) this section was asked for
 
     def fail(self, message: str) -> None:
         raise ConfigError(f"{self.spec}: {self.where}: {message}")
 
     def get(self, key: str, default: Any = None, *, aliases: tuple[str, ...] = ()) -> Any:
-        for name in (key, *aliases):
-            if name in self.data:
-                self.used.add(name)
-                return self.data[name]
-        return default
+        self.known.update((key, *aliases))
+        given = [name for name in (key, *aliases) if name in self.data]
+        if len(given) > 1:
+            self.fail(f"{' and '.join(map(repr, given))} are the same setting; give only one")
+        return self.data[given[0]] if given else default
 
     def text(self, key: str, default: str | None = None, *, aliases: tuple[str, ...] = ()) -> str | None:
         value = self.get(key, default, aliases=aliases)
@@ -200,9 +201,11 @@ class _Reader:
         return _Reader({} if value is True else value, f"{self.where}.{key}", self.spec)
 
     def done(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            self.fail(f"unknown key(s) {', '.join(map(repr, unknown))}")
+        """Refuse the keys of this section that nothing asked for (call after reading them all)."""
+        try:
+            check_known_keys(self.data, self.known, self.where)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.spec}: {exc}") from None
 
 
 def _source(data: Any, index: int, base: Path, spec: Path) -> SourceSpec:
