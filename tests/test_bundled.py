@@ -245,6 +245,7 @@ def test_inference_optimization_preserves_outputs():
             model(x)
     model.eval()
     fast = copy.deepcopy(model).optimize_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # every BatchNorm folded
     with torch.no_grad():
         a, b = model.predict(x, tta_flip=True), fast.predict(x, tta_flip=True)
     assert torch.allclose(a["regression"], b["regression"], atol=1e-5)
