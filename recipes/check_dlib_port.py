@@ -64,7 +64,9 @@ def make_reference(ref: Path, count: int) -> None:
 def check(args: argparse.Namespace) -> bool:
     import torch
 
-    from humanaes.models.mini.facenet import DlibFaceResNet, convert_dlib_dat
+    from dlib_dat import convert_dlib_dat
+
+    from humanaes.models.mini.facenet import DlibFaceResNet
 
     torch.set_num_threads(args.threads)
     t = time.perf_counter()

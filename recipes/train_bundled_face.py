@@ -18,7 +18,7 @@ are left out of training (the scorer then falls back to the CNN ensemble alone).
 Pretrained weights (training time only; both are then stored inside humanaes-mini.safetensors):
 - MTCNN: `facenet-pytorch==2.6.0` (MIT), data/{p,r,o}net.pt, read with weights_only=True;
 - dlib_face_recognition_resnet_model_v1.dat: `face_recognition_models==0.3.0` (CC0 1.0), read by
-  our own parser (`humanaes.models.mini.facenet.convert_dlib_dat`).
+  our own parser (`recipes/dlib_dat.py`).
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "recipes"))
 
+from dlib_dat import convert_dlib_dat  # noqa: E402
 from train_bundled import regression_metrics, setup_run  # noqa: E402
 
-from humanaes.models.mini.face import face_chips, load_state_from_facenet_pytorch  # noqa: E402
-from humanaes.models.mini.facenet import convert_dlib_dat  # noqa: E402
-from humanaes.models.mini.modeling import FaceBranch, FaceConfig  # noqa: E402
-from humanaes.models.mini.scorer import open_for_size  # noqa: E402
+from humanaes.models.mini.config import FaceConfig  # noqa: E402
+from humanaes.models.mini.face import face_chips  # noqa: E402
+from humanaes.models.mini.modeling import FaceBranch  # noqa: E402
+from humanaes.models.mini.processing import open_for_size  # noqa: E402
 from humanaes.errors import ConfigError  # noqa: E402
 from humanaes.io.images import load_image  # noqa: E402
 from humanaes.training.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
@@ -127,6 +128,16 @@ def pretrained_file(key: str) -> Path:
     if digest != expected:
         raise ConfigError(f"{path} has sha256 {digest}, expected {expected} ({requirement})")
     return path
+
+
+def load_state_from_facenet_pytorch(files: dict[str, Path]) -> dict[str, torch.Tensor]:
+    """facenet-pytorch's pnet.pt / rnet.pt / onet.pt state dicts -> one state dict for
+    `FaceDetector` (keys prefixed `pnet.`, `rnet.`, `onet.`; the names inside match)."""
+    state: dict[str, torch.Tensor] = {}
+    for net in ("pnet", "rnet", "onet"):
+        for key, value in torch.load(files[net], map_location="cpu", weights_only=True).items():
+            state[f"{net}.{key}"] = value.float().contiguous()
+    return state
 
 
 def pretrained_branch(config: FaceConfig) -> FaceBranch:

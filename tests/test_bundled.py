@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -13,15 +16,19 @@ import torch
 from PIL import Image
 
 from humanaes.models.mini import BundledScorer, HumanAesMini, MiniConfig, MiniEnsemble, load_bundled, save_bundled
-from humanaes.models.mini.modeling import (
-    TORCHVISION_MOBILENET_V2_RENAMES,
-    load_imagenet_backbone,
-    pairwise_rank_loss,
-    rename_torchvision_mobilenet_v2,
-)
+from humanaes.models.mini.modeling import pairwise_rank_loss
 from humanaes.models.mini.scorer import open_for_size, prepare_image
 from humanaes.errors import CheckpointError, ConfigError, HumanAesError
 from humanaes.schema import DIMENSIONS, ScoreResult, score_to_level
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the training-time ImageNet loaders live in recipes/, outside the package
+from recipes.imagenet_init import (  # noqa: E402
+    EFFICIENTNET_LITE0_RENAMES,
+    TORCHVISION_MOBILENET_V2_RENAMES,
+    load_imagenet_backbone,
+    rename_torchvision_mobilenet_v2,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 FIXTURES = SHARED / "fixtures" / "internvl2" / "preprocess"
@@ -121,7 +128,8 @@ def test_random_init_module_regression():
     """Seeded random init + fixed input -> fixed outputs: guards the module definition."""
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = HumanAesMini(MiniConfig(input_size=64, dropout=0.0)).train()  # batch-stat BN
+    config = MiniConfig(input_size=64, dropout=0.0, trained_heads=["regression", "expert", "metavoter"])
+    model = HumanAesMini(config).train()  # batch-stat BN
     assert sum(p.numel() for p in model.backbone.parameters()) == 2_223_872  # MobileNetV2 1.0 features
     assert sum(p.numel() for p in model.parameters()) == 2_237_022
     assert len(model.state_dict()) == 332
@@ -133,6 +141,13 @@ def test_random_init_module_regression():
     assert out["expert"][:, 11].tolist() == pytest.approx([0.5197648, 0.5090200, 0.4951103, 0.5209766], abs=1e-4)
     assert out["metavoter"].tolist() == pytest.approx([0.5178505, 0.5170851, 0.5183648, 0.5165316], abs=1e-4)
     assert out["expert"].shape == (4, 12)
+    # The same weights with the MetaVoter not among the trained heads: it is not fitted and
+    # gives the mean of its two inputs, the shared MetaVoter's rule (it is never reported then).
+    torch.manual_seed(0)
+    unfitted = HumanAesMini(MiniConfig(input_size=64, dropout=0.0)).train()
+    with torch.no_grad():
+        out = unfitted(x)
+    assert out["metavoter"].tolist() == pytest.approx([0.5201906, 0.5024265, 0.5239615, 0.4942663], abs=1e-4)
 
 
 def test_rename_table_covers_the_backbone():
@@ -184,8 +199,8 @@ def test_expert_trained_checkpoint_exposes_expert_and_metavoter(tmp_path):
     terms = model.compute_loss(batch)
     assert {"loss", "mse", "expert_mse"} <= set(terms)
     terms["loss"].backward()
-    assert model.expert_head.expert_head4[0].weight.grad.abs().sum() > 0
-    assert model.regression_head.weight.grad.abs().sum() > 0
+    assert model.expert_head.expert_head4.fc1.weight.grad.abs().sum() > 0
+    assert model.regression_head.linear.weight.grad.abs().sum() > 0
     save_bundled(model.eval(), tmp_path, {"licence": "test"})
     scorer = load_bundled(path=tmp_path)
     assert scorer.supported_modes == ("fast", "expert", "metavoter", "all")
@@ -230,6 +245,7 @@ def test_inference_optimization_preserves_outputs():
             model(x)
     model.eval()
     fast = copy.deepcopy(model).optimize_for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())  # every BatchNorm folded
     with torch.no_grad():
         a, b = model.predict(x, tta_flip=True), fast.predict(x, tta_flip=True)
     assert torch.allclose(a["regression"], b["regression"], atol=1e-5)
@@ -241,7 +257,7 @@ def test_inference_optimization_preserves_outputs():
 
 
 def test_efficientnet_lite0_definition_and_renames():
-    from humanaes.models.mini.modeling import EFFICIENTNET_LITE0_RENAMES, EfficientNetLite0
+    from humanaes.models.mini.modeling import EfficientNetLite0
 
     backbone = EfficientNetLite0()
     assert sum(p.numel() for p in backbone.parameters()) == 3_371_008
@@ -344,3 +360,41 @@ def test_bfloat16_compute_stays_close_to_float32():
         assert isinstance(b.overall, float)
         assert abs(a.overall - b.overall) < 0.02
         assert a.extra.get("face_found") == b.extra.get("face_found")
+
+
+# Code that only the bundled model's recipes use (moved to recipes/ by issue 12), by module and
+# by name: neither may be reachable from a scoring run, even if re-added to a runtime module.
+TRAINING_ONLY_MODULES = ("recipes", "dlib_dat", "imagenet_init", "train_bundled", "humanaes.training",
+                         "torchvision", "peft", "accelerate", "transformers")
+TRAINING_ONLY_NAMES = ("convert_dlib_dat", "load_imagenet_backbone", "TORCHVISION_MOBILENET_V2_RENAMES",
+                       "EFFICIENTNET_LITE0_RENAMES", "load_state_from_facenet_pytorch")
+
+
+def test_scoring_examples_loads_no_training_code(tmp_path):
+    """`humanaes score examples/` with the bundled model, in a fresh interpreter: no training-only
+    module is imported, no runtime module carries a training-only function, and nothing is read
+    through torch.load or torch.hub (`import torch` itself imports the torch.hub module, so its
+    loaders are made to fail instead): the runtime reads safetensors only."""
+    out = tmp_path / "scores.jsonl"
+    script = f"""
+import sys, torch, torch.hub
+
+def refuse(*args, **kwargs):
+    raise AssertionError("scoring called torch.load / torch.hub")
+
+torch.load = torch.hub.load = torch.hub.load_state_dict_from_url = torch.hub.download_url_to_file = refuse
+from humanaes.cli import main
+main(["score", "examples/", "--out", {str(out)!r}, "--dtype", "float32", "--quiet"], standalone_mode=False)
+modules = sorted(m for m in sys.modules if m.split(".")[0] in {TRAINING_ONLY_MODULES!r} or m.startswith({TRAINING_ONLY_MODULES!r}))
+names = sorted(f"{{m}}.{{n}}" for m, mod in list(sys.modules.items()) if m.startswith("humanaes")
+               for n in {TRAINING_ONLY_NAMES!r} if hasattr(mod, n))
+print("MODULES", modules)
+print("NAMES", names)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MODULES []" in proc.stdout and "NAMES []" in proc.stdout, proc.stdout
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["image"]).name for r in rows) == ["astronaut.png", "grace_hopper.jpg"]
+    assert all(r.get("error") is None for r in rows), rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,14 @@ from PIL import Image
 
 from humanaes.models.mini import load_bundled
 from humanaes.models.mini.face import CHIP_LANDMARKS, _max_pool, aligned_crop, chip_template, face_chip, face_chips, similarity_to
-from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, convert_dlib_dat
+from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, load_dlib_facenet
 from humanaes.models.mini.modeling import FaceBranch, FaceConfig
-from humanaes.errors import ConfigError
+from humanaes.errors import CheckpointError, ConfigError
 from humanaes.training.trainer import Trainer, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the dlib .dat reader is a training-time tool in recipes/, outside the package
+from recipes.dlib_dat import convert_dlib_dat  # noqa: E402
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLES = REPO / "examples"
 
@@ -94,6 +97,9 @@ def test_converter_rejects_other_files(tmp_path):
     bad.write_bytes(b"\x00\x01garbage" * 100)
     with pytest.raises(ValueError):
         convert_dlib_dat(bad)
+    # the runtime never parses .dat files: it points to the training-time converter instead
+    with pytest.raises(CheckpointError, match="recipes/dlib_dat.py"):
+        load_dlib_facenet(bad)
 
 
 def test_detector_finds_the_example_faces_with_sane_landmarks(scorer):

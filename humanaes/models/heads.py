@@ -1,7 +1,11 @@
-"""HumanAesExpert's regression head, expert head and MetaVoter (reference section 2.1).
+"""The heads of reference section 2.1, shared by both model families: regression head, expert
+head and MetaVoter.
 
-They read one pooled hidden state of the LLM (the last prompt token). Shapes follow the
-reference's choices; the official checkpoint's tensors are mapped onto these by name and shape.
+HumanAesExpert feeds them one pooled hidden state of the LLM (the last prompt token);
+humanaes-mini feeds them its CNN's pooled feature. Shapes follow the reference's choices; the
+official checkpoint's tensors are mapped onto these by name and shape
+(`humanaes.models.expert.convert`), and humanaes-mini files written before the heads were shared
+are renamed on load (`humanaes.models.mini.weights.LEGACY_HEAD_KEYS`).
 """
 
 from __future__ import annotations
@@ -50,13 +54,14 @@ class ParentNet(nn.Module):
 
 
 class ExpertHead(nn.Module):
-    """Twelve dimension scores as a tree: nine leaves from the hidden state, three parents.
+    """Twelve dimension scores as a tree: nine leaves from the pooled input, three parents.
 
     expert_head1: Linear(d, 9) for the leaves (reference order of LEAVES);
     expert_head2: Facial Aesthetic over the five facial leaves;
     expert_head3: General Appearance over Outfit, Body Shape, Looks;
     expert_head4: Comprehensive over Facial Aesthetic, General Appearance, Environment.
-    Parents read pre-sigmoid values; one sigmoid over the assembled twelve.
+    Parents read pre-sigmoid values; one sigmoid over the assembled twelve, in DIMENSIONS order
+    (reference section 3).
     """
 
     def __init__(self, hidden_size: int, parent_hidden: int = 16, activation: str = "gelu"):
@@ -78,25 +83,35 @@ class ExpertHead(nn.Module):
 
 
 class MetaVoter(nn.Module):
-    """Fuses (LM score, regression score, expert overall) into the final score.
+    """Fuses the heads' scores into the final score: a small MLP (or a linear layer) + sigmoid.
 
-    Until fitted (`train-metavoter`), it is initialised to the plain mean of the three heads, so
-    an official checkpoint without MetaVoter weights still gives a sensible, documented score.
+    HumanAesExpert fuses three inputs, (LM score, regression score, expert overall); humanaes-mini
+    has no language model and fuses two, (regression score, expert overall). Until it is fitted
+    the MetaVoter returns the plain mean of its inputs, so an official checkpoint without
+    MetaVoter weights still gives a sensible, documented score.
+
+    `fitted` says where "fitted" is decided. None (HumanAesExpert): it is part of the weights, a
+    `fitted` buffer in the state dict, False until `fit_metavoter` sets it. True/False
+    (humanaes-mini): the owner's config decides (its list of trained heads) and the buffer stays
+    out of the state dict, so the checkpoint cannot contradict the config.
     """
 
-    def __init__(self, kind: str = "mlp", hidden: int = 16):
+    def __init__(self, kind: str = "mlp", hidden: int = 16, *, num_inputs: int = 3, fitted: bool | None = None):
         super().__init__()
         if kind not in ("mlp", "linear"):
             raise ValueError(f"unknown MetaVoter kind {kind!r}; choose 'mlp' or 'linear'")
         self.kind = kind
+        self.num_inputs = num_inputs
         if kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(3, hidden), nn.GELU(), nn.Linear(hidden, 1))
+            self.net = nn.Sequential(nn.Linear(num_inputs, hidden), nn.GELU(), nn.Linear(hidden, 1))
         else:
-            self.net = nn.Sequential(nn.Linear(3, 1))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+            self.net = nn.Sequential(nn.Linear(num_inputs, 1))
+        self.register_buffer("fitted", torch.tensor(bool(fitted), dtype=torch.bool), persistent=fitted is None)
 
     def forward(self, head_scores: torch.Tensor) -> torch.Tensor:
-        """head_scores: [B, 3] in (lm, regression, expert overall) order, each in [0, 1]."""
+        """head_scores: [B, num_inputs], each in [0, 1], in the order given in the class docstring."""
+        if head_scores.shape[-1] != self.num_inputs:
+            raise ValueError(f"the MetaVoter fuses {self.num_inputs} scores, got {head_scores.shape[-1]}")
         if not bool(self.fitted):
             return head_scores.mean(dim=-1)
         return torch.sigmoid(self.net(head_scores.to(self.net[0].weight.dtype)).squeeze(-1))

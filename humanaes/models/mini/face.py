@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -304,16 +303,6 @@ def aligned_crop(picture: Image.Image, landmarks: np.ndarray, size: int, zoom: f
     full = np.vstack([matrix, [0.0, 0.0, 1.0]])
     inv = np.linalg.inv(full)[:2].ravel().tolist()
     return picture.transform((size, size), Image.Transform.AFFINE, inv, resample=Image.Resampling.BILINEAR)
-
-
-def load_state_from_facenet_pytorch(files: Mapping[str, Path]) -> dict[str, torch.Tensor]:
-    """facenet-pytorch's pnet.pt / rnet.pt / onet.pt state dicts -> one state dict for
-    `FaceDetector` (keys prefixed `pnet.`, `rnet.`, `onet.`; the names inside match)."""
-    state: dict[str, torch.Tensor] = {}
-    for net in ("pnet", "rnet", "onet"):
-        for key, value in torch.load(files[net], map_location="cpu", weights_only=True).items():
-            state[f"{net}.{key}"] = value.float().contiguous()
-    return state
 
 
 def face_chips(

