@@ -18,7 +18,8 @@ _LAZY: dict[str, str] = {
     "MiniEnsemble": "humanaes.models.mini.modeling",
     "BundledScorer": "humanaes.models.mini.scorer",
     "load_bundled": "humanaes.models.mini.scorer",
-    "load_model": "humanaes.models.mini.scorer",
+    "load_mini_model": "humanaes.models.mini.weights",
+    "load_model": "humanaes.models.mini.weights",
     "save_bundled": "humanaes.models.mini.scorer",
 }
 
@@ -33,4 +34,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["BundledScorer", "HumanAesMini", "MiniConfig", "MiniEnsemble", "load_bundled", "load_model", "save_bundled"]
+__all__ = ["BundledScorer", "HumanAesMini", "MiniConfig", "MiniEnsemble", "load_bundled", "load_mini_model", "load_model", "save_bundled"]

@@ -18,7 +18,7 @@ from humanaes.errors import CheckpointError, HumanAesError
 from humanaes.io.images import ImageSource
 from humanaes.models.mini.modeling import FaceBranch, HumanAesMini, MiniEnsemble
 from humanaes.models.mini.processing import MiniPreprocessor, open_for_size, prepare_image, resize_center_crop
-from humanaes.models.mini.weights import BUNDLED_NAME, META_FILE, WEIGHTS_FILE, load_model, save_bundled
+from humanaes.models.mini.weights import BUNDLED_NAME, META_FILE, WEIGHTS_FILE, load_mini_model, load_model, save_bundled
 from humanaes.options import ScoreOptions, option
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
@@ -28,7 +28,7 @@ from humanaes.scorer import BaseScorer
 # (humanaes.models.mini, the batch runner's data probe, benchmarks and tests use these paths).
 __all__ = [
     "BUNDLED_NAME", "META_FILE", "WEIGHTS_FILE", "BundledScorer", "MiniOptions", "MiniPreprocessor", "load_bundled",
-    "load_model", "open_for_size", "prepare_image", "resize_center_crop", "save_bundled",
+    "load_mini_model", "load_model", "open_for_size", "prepare_image", "resize_center_crop", "save_bundled",
 ]
 
 DESCRIPTION = (
@@ -198,7 +198,7 @@ def load_bundled(
         raise HumanAesError(f"device {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     compute_dtype = resolve_compute_dtype(dtype, torch_device)
     start = time.perf_counter()
-    model, meta = load_model(path, device=str(torch_device), optimize=True)
+    model, meta = load_mini_model(path, device=str(torch_device), optimize=True)
     model.set_compute_dtype(compute_dtype)
     scorer = BundledScorer(model, meta, fast_decode=fast_decode)
     scorer.load_seconds = time.perf_counter() - start

@@ -149,7 +149,7 @@ def _build(meta: dict[str, Any]) -> HumanAesMini | MiniEnsemble:
     return HumanAesMini(MiniConfig.from_dict(meta["config"]))
 
 
-def load_model(
+def load_mini_model(
     directory: str | os.PathLike | None = None, device: str = "cpu", *, optimize: bool = False
 ) -> tuple[HumanAesMini | MiniEnsemble, dict[str, Any]]:
     """Load a humanaes-mini model (the packaged one when `directory` is None); `optimize`
@@ -189,3 +189,8 @@ def load_model(
     if optimize:
         model.optimize_for_inference()
     return model, meta
+
+
+#: the name this loader had before the registry (kept for callers of `load_model`)
+load_model = load_mini_model
+
