@@ -27,6 +27,7 @@ from humanaes.errors import DataError
 from humanaes.hints import hint
 from humanaes.evaluation.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult, score_to_level
+from humanaes.fsutil import atomic_write
 
 if TYPE_CHECKING:  # import cycle-free typing only
     from humanaes.scorer import BaseScorer
@@ -230,11 +231,9 @@ class EvalReport:
                 title=f"{self.model} ({self.mode}): levels", subtitle=f"n = {m['n']}   accuracy {_fmt(m['accuracy'])}",
             )),
         }
-        with open(self.files["predictions"], "w", encoding="utf-8") as handle:
-            for p in self.predictions:
-                handle.write(json.dumps(_jsonable(p), ensure_ascii=False) + "\n")
-        Path(self.files["json"]).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        Path(self.files["markdown"]).write_text(self.to_markdown(), encoding="utf-8")
+        atomic_write(self.files["predictions"], "".join(json.dumps(_jsonable(p), ensure_ascii=False) + "\n" for p in self.predictions))
+        atomic_write(self.files["json"], json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write(self.files["markdown"], self.to_markdown())
         return self.files
 
 

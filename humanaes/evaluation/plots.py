@@ -13,8 +13,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from humanaes.io.drawing import draw_text, load_font
 from humanaes.schema import LEVEL_CUT_POINTS, LEVELS
 
 _WHITE = (255, 255, 255)
@@ -25,35 +26,9 @@ _POINT = (31, 92, 168)
 _BLUE = (33, 82, 150)
 
 
-def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font at `size` pixels (shared by the data-build report's contact sheets)."""
-    # Pillow >= 10.1 ships a scalable default font when FreeType is present; older or
-    # FreeType-less builds fall back to the small bitmap font (still readable).
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # pragma: no cover - old Pillow
-        return ImageFont.load_default()
-
-
 def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return right - left, bottom - top
-
-
-def draw_text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_BLACK, anchor: str = "mm") -> None:
-    """Draw text anchored at xy: anchor[0] in l/m/r (horizontal), anchor[1] in t/m (vertical).
-
-    Positioned from the text's bounding box rather than Pillow's `anchor=`, which bitmap
-    fonts (the fallback without FreeType) do not support.
-    """
-    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
-    # Vertical placement from a fixed reference string, so labels with and without descenders
-    # ("poor", "bad") sit on the same baseline.
-    _, top, _, bottom = draw.textbbox((0, 0), "Hg", font=font)
-    w, h = right - left, bottom - top
-    x = xy[0] - left - {"l": 0, "m": w / 2, "r": w}[anchor[0]]
-    y = xy[1] - top - {"t": 0, "m": h / 2}[anchor[1]]
-    draw.text((x, y), text, font=font, fill=fill)
 
 
 def _centered(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font, fill=_BLACK) -> None:

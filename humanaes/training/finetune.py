@@ -38,6 +38,7 @@ from humanaes.models.expert.processing import preprocess_image
 from humanaes.models.expert.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
 from humanaes.schema import NUM_DIMENSIONS
 from humanaes.models.expert.batching import positions_from_mask
+from humanaes.fsutil import atomic_write
 
 IGNORE_INDEX = -100
 
@@ -458,7 +459,7 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
     trainer = Trainer(module, tconfig, dataset, collate_fn=make_collate(prompts.pad_id), eval_fn=eval_fn)
     if getattr(trainer, "is_main_process", True):
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "finetune_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write(out_dir / "finetune_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         if holdout:
             _write_rows(out_dir / "metavoter_holdout.jsonl", holdout)
     summary = trainer.fit()
@@ -472,11 +473,9 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
 
 
 def _write_rows(path: Path, samples: list[Any]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for s in samples:
-            row = {"image_name": str(Path(s.image).resolve()), "source": s.source, "is_expert": bool(s.is_expert),
-                   "score": list(s.scores) if s.is_expert else float(s.score)}
-            fh.write(json.dumps(row) + "\n")
+    rows = ({"image_name": str(Path(s.image).resolve()), "source": s.source, "is_expert": bool(s.is_expert),
+             "score": list(s.scores) if s.is_expert else float(s.score)} for s in samples)
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 def export_checkpoint(config: FinetuneConfig, checkpoint: str | Path, out: str | Path) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from humanaes.schema import LEVELS, NUM_DIMENSIONS, score_to_level
+from humanaes.fsutil import atomic_write
 
 # leaf index -> weights over (face, outfit, body, environment)
 LEAF_MIX: dict[int, tuple[float, float, float, float]] = {
@@ -96,9 +97,7 @@ def make_dataset(root: str | Path, *, train: int = 600, val: int = 100, test: in
 
 def _write(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row) + "\n")
+    atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 __all__ = ["LEAF_MIX", "LEVELS", "labels_from_factors", "draw", "make_dataset"]

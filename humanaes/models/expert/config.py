@@ -16,6 +16,7 @@ from typing import Any
 from humanaes.config_keys import check_keys
 from humanaes.errors import ConfigError
 from humanaes.schema import LEVEL_CENTRES
+from humanaes.fsutil import atomic_write
 
 FORMAT_NAME = "humanaes"
 FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ class HumanAesConfig:
         return cls(heads=HeadsConfig(**heads), metavoter=MetaVoterConfig(**metavoter), **data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> "HumanAesConfig":
