@@ -123,7 +123,7 @@ def test_inputs_of_every_kind(scorer, images):
     with open(images[0], "rb") as fh:
         results = scorer.score([str(images[0]), images[0], data, fh, Image.open(images[0])], mode="fast", max_tiles=1)
     values = [r.regression_score for r in results]
-    assert all(r.error is None for r in results)
+    assert all(r.error is None for r in results), [r.error for r in results]
     assert max(values) - min(values) < 1e-6
 
 
@@ -264,7 +264,7 @@ def _annotations(scorer, question: str, tiles: list[torch.Tensor], stop_id: int 
     if stop_id is not None:
         asking.stop_id = stop_id  # the tiny random models never write <|im_end|> by themselves
     results = asking.score_prepared_batch(tiles, [f"image{i}" for i in range(len(tiles))], mode="annotate", **options)
-    assert all(r.error is None for r in results)
+    assert all(r.error is None for r in results), [r.error for r in results]
     return [r.annotation for r in results]
 
 
@@ -284,6 +284,21 @@ def test_greedy_annotation_is_golden_against_chat(chat_case):
     assert twelve == [_annotations(scorer, TWELVE, [t], max_new_tokens=8)[0] for t in (grace, wide)]
 
 
+def _record_llm_calls(scorer, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(position_ids, attention_mask) of every call of the LLM body, in order, from now on."""
+    body = scorer.model.language_model.model
+    calls = []
+    forward = body.forward
+
+    def recording(*args, **kwargs):
+        mask = kwargs["attention_mask"]  # generate() drops a mask of all ones
+        calls.append((kwargs["position_ids"].clone(), None if mask is None else mask.clone()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(body, "forward", recording)
+    return calls
+
+
 def test_generation_positions_follow_the_mask_and_the_prompt_runs_once(chat_case, monkeypatch):
     """Every LLM call of an annotation (the prompt pass, then generate()'s steps) gets the
     position ids a row would have alone (from its attention mask), and the prompt goes through
@@ -291,15 +306,7 @@ def test_generation_positions_follow_the_mask_and_the_prompt_runs_once(chat_case
     from humanaes.models.expert.batching import positions_from_mask
 
     scorer, _, pixels = chat_case
-    body = scorer.model.language_model.model
-    calls = []
-    forward = body.forward
-
-    def recording(*args, **kwargs):
-        calls.append((kwargs["position_ids"].clone(), kwargs["attention_mask"].clone()))
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(body, "forward", recording)
+    calls = _record_llm_calls(scorer, monkeypatch)
     _annotations(scorer, RATE, [pixels["grace_hopper.max1"], pixels["wide.max6"]], max_new_tokens=6)
     monkeypatch.undo()
     prompt_mask = calls[0][1]
@@ -314,9 +321,9 @@ def test_generation_positions_follow_the_mask_and_the_prompt_runs_once(chat_case
     assert calls[2][0][:, 0].tolist() == prompt_mask.sum(-1).tolist()
 
 
-def test_generation_stops_at_the_stop_token_per_row(chat_case):
+def test_generation_stops_at_the_stop_token_per_row(chat_case, monkeypatch):
     """As chat(): a row ends at the template's stop token, which is cut from the text, while the
-    other rows of the batch go on."""
+    other rows of the batch go on; generation ends when every row has stopped."""
     scorer, meta, pixels = chat_case
     astronaut_ids = meta["single"]["generated_ids"]  # astronaut, RATE, greedy
     stop = astronaut_ids[2]
@@ -324,6 +331,9 @@ def test_generation_stops_at_the_stop_token_per_row(chat_case):
     texts = _annotations(scorer, RATE, [pixels["grace_hopper.max1"], pixels["astronaut.max6"]], stop_id=stop, max_new_tokens=8)
     assert texts[1] == scorer.tokenizer.decode(astronaut_ids[:2], skip_special_tokens=True).strip()
     assert texts[0] == meta["batch"]["batch_chat_responses"][0].strip()
+    calls = _record_llm_calls(scorer, monkeypatch)
+    alone = _annotations(scorer, RATE, [pixels["astronaut.max6"]], stop_id=stop, max_new_tokens=8)
+    assert alone == texts[1:] and len(calls) == 1 + 3  # the prompt, then steps giving 2 tokens and the stop
 
 
 def test_sampling_is_an_option_reproducible_with_a_seed(scorer, images):
