@@ -121,5 +121,5 @@ def test_greedy_generation(case, which):
     step0 = model.lm_logits(out.hidden_states[:, -1])
     assert _max_err(step0, ref[f"{which}.generate.scores"][0]) <= ATOL
     # transformers' generate() from the prompt pass's cache, greedy as chat()
-    tokens = scorer.generate(embeds, mask, positions, Decoding(max_new_tokens=8), prompt_cache=out.cache)
+    tokens = scorer.generate(embeds, mask, Decoding(max_new_tokens=8), prompt_cache=out.cache)
     assert tokens == ref[f"{which}.generate.sequences"].tolist()

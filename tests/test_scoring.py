@@ -291,8 +291,8 @@ def _record_llm_calls(scorer, monkeypatch) -> list[tuple[torch.Tensor, torch.Ten
     forward = body.forward
 
     def recording(*args, **kwargs):
-        mask = kwargs["attention_mask"]  # generate() drops a mask of all ones
-        calls.append((kwargs["position_ids"].clone(), None if mask is None else mask.clone()))
+        pos, mask = kwargs.get("position_ids"), kwargs.get("attention_mask")  # generate() drops a mask of all ones
+        calls.append((None if pos is None else pos.clone(), None if mask is None else mask.clone()))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(body, "forward", recording)
@@ -309,6 +309,7 @@ def test_generation_positions_follow_the_mask_and_the_prompt_runs_once(chat_case
     calls = _record_llm_calls(scorer, monkeypatch)
     _annotations(scorer, RATE, [pixels["grace_hopper.max1"], pixels["wide.max6"]], max_new_tokens=6)
     monkeypatch.undo()
+    assert all(pos is not None and mask is not None for pos, mask in calls)  # a padded batch: always both
     prompt_mask = calls[0][1]
     assert bool((prompt_mask[0] == 0).any()), "the first row must be left-padded for this test to mean anything"
     assert [pos.shape[1] for pos, _ in calls] == [prompt_mask.shape[1]] + [1] * 6  # prompt once, then one token a step

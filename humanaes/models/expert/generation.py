@@ -1,9 +1,13 @@
 """Text generation (the annotation) through transformers' `generate()` on the language model.
 
 The prompt (image features already written into its `<IMG_CONTEXT>` slots, left-padded) goes in
-as `inputs_embeds` with its attention mask and the position ids the scoring passes use
-(`positions_from_mask`); `generate()` extends both by one per new token, so a padded row gets the
-positions it would have alone and a batch writes the same text as one image at a time.
+as `inputs_embeds` with its attention mask. `generate()` derives the position ids from that mask
+(cumulative sum - 1, as `positions_from_mask` does for the scoring passes) and extends mask and
+positions by one per new token, so a padded row gets the positions it would have alone and a batch
+writes the same text as one image at a time. That is transformers' behaviour, not ours, so
+tests/test_scoring.py checks the positions every LLM call receives on the installed version.
+(Our own position ids would be right only where `generate()` extends them step by step; the
+mask is what it reads in any case.)
 
 The prompt pass itself runs in the scorer, which reads the expert head from the same pass; its
 KV cache, less the last prompt token, is handed to `generate()`: `generate()` recomputes that one
@@ -62,7 +66,6 @@ def generate_tokens(
     language_model: Any,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
     decoding: Decoding,
     *,
     stop_id: int,
@@ -72,8 +75,7 @@ def generate_tokens(
 ) -> list[list[int]]:
     """New token ids per row, up to (not including) the stop token.
 
-    `inputs_embeds` [B, N, d], `attention_mask` and `position_ids` [B, N] describe the whole
-    left-padded prompt. `prompt_cache`, when given, holds the KV cache of its first N - 1 tokens
+    `inputs_embeds` [B, N, d] and `attention_mask` [B, N] describe the whole left-padded prompt. `prompt_cache`, when given, holds the KV cache of its first N - 1 tokens
     (`cache_kwarg` is the name this transformers version gives it). With `decoding.seed` the draw
     uses a private generator state, so the same call gives the same text and torch's global
     generator is left as it was; without one, sampling draws from the global generator, as the
@@ -88,7 +90,6 @@ def generate_tokens(
         sequences = language_model.generate(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            position_ids=position_ids,
             generation_config=config,
             **kwargs,
         )

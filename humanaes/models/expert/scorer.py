@@ -273,12 +273,11 @@ class HumanAesScorer(BaseScorer):
     def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], decoding: Decoding) -> None:
         ids, mask, _ = self._build_batch(self.expert_question, False, n_tokens)
         embeds = self.model.embed(ids, torch.cat(features), self.img_context_id)
-        positions = positions_from_mask(mask)
-        prompt = self.model.run_llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
+        prompt = self.model.run_llm(embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True)
         if not any(r.expert for r in results):
             # the expert head reads this prompt's last token: one pass gives both
             self._fill_expert(results, prompt.hidden_states[:, -1])
-        tokens = self.generate(embeds, mask, positions, decoding, prompt_cache=prompt.cache)
+        tokens = self.generate(embeds, mask, decoding, prompt_cache=prompt.cache)
         for r, seq in zip(results, tokens):
             r.annotation = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
 
@@ -286,18 +285,19 @@ class HumanAesScorer(BaseScorer):
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
         decoding: Decoding,
         prompt_cache: Any = None,
     ) -> list[list[int]]:
         """Continue left-padded prompts with transformers' `generate()` (see
-        humanaes.models.expert.generation): the new token ids per row, up to the chat template's
-        stop token. `prompt_cache`: the KV cache of a pass over the whole prompt (`run_llm(...,
-        use_cache=True)`); its last token is dropped, so `generate()` recomputes only that one."""
+        humanaes.models.expert.generation; position ids follow `attention_mask`): the new token
+        ids per row, up to the chat template's stop token.
+
+        `prompt_cache`: the KV cache of a pass over the whole prompt (`run_llm(..., use_cache=True)`);
+        its last token is dropped here, so `generate()` recomputes that one token, not the prompt."""
         if prompt_cache is not None:
-            prompt_cache.crop(-1)  # a negative count removes that many tokens (every transformers 5.x)
+            prompt_cache.crop(-1)  # a negative count: remove that many tokens (older releases read it alike)
         return generate_tokens(
-            self.model.language_model, inputs_embeds, attention_mask, position_ids, decoding,
+            self.model.language_model, inputs_embeds, attention_mask, decoding,
             stop_id=self.stop_id, pad_id=self.pad_id, prompt_cache=prompt_cache, cache_kwarg=self.model.cache_kwarg,
         )
 
