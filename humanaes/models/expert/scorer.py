@@ -59,7 +59,7 @@ class ExpertOptions(ScoreOptions):
     )
     do_sample: bool = option(
         False,
-        "Sample the annotation instead of greedy decoding (greedy is the official chat()'s default; "
+        "Sample the annotation (annotate/all modes) instead of greedy decoding (greedy is the official chat()'s default; "
         "the official README samples). Greedy text is deterministic; sampled text varies unless seeded.",
     )
     # The sampling settings default to null (= transformers' defaults) so that setting one without
