@@ -75,11 +75,12 @@ def generate_tokens(
 ) -> list[list[int]]:
     """New token ids per row, up to (not including) the stop token.
 
-    `inputs_embeds` [B, N, d] and `attention_mask` [B, N] describe the whole left-padded prompt. `prompt_cache`, when given, holds the KV cache of its first N - 1 tokens
-    (`cache_kwarg` is the name this transformers version gives it). With `decoding.seed` the draw
-    uses a private generator state, so the same call gives the same text and torch's global
-    generator is left as it was; without one, sampling draws from the global generator, as the
-    official code does.
+    `inputs_embeds` [B, N, d] and `attention_mask` [B, N] describe the whole left-padded prompt.
+    `prompt_cache`, when given, holds the KV cache of its first N - 1 tokens (`cache_kwarg` is the
+    name this transformers version gives that argument). With `decoding.seed` the draw uses a
+    private generator state, so the same call gives the same text and torch's global generator
+    is left as it was; without one, sampling draws from the global generator, as the official
+    code does.
     """
     kwargs = {cache_kwarg: prompt_cache} if prompt_cache is not None else {}
     config = decoding.generation_config(stop_id, pad_id)
