@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 import humanaes
 from humanaes.compat import AutoModel, AutoTokenizer, CompatModel, load_image
-from humanaes.compat.official import sampler
 from humanaes.errors import HumanAesError
 from humanaes.models.expert.prompts import expert_answer
 from humanaes.schema import DIMENSIONS, LEVEL_CENTRES, LEVELS
@@ -71,9 +70,8 @@ def test_official_snippet_equals_native_api(with_heads, fixtures_dir, capsys, mo
     fast = scorer.score(image, mode="fast")[0]
     voted = scorer.score(image, mode="metavoter")[0]
     expert = scorer.score(image, mode="expert")[0]
-    scorer.pick_token = sampler()  # the snippet's do_sample=True with transformers' defaults
-    torch.manual_seed(SEED)
-    annotated = scorer.score(image, mode="annotate", max_new_tokens=1024)[0]
+    torch.manual_seed(SEED)  # the snippet's do_sample=True: transformers' sampling defaults, the global generator
+    annotated = scorer.score(image, mode="annotate", max_new_tokens=1024, do_sample=True)[0]
 
     assert isinstance(ns["pred_score"], float) and ns["pred_score"] == fast.overall == fast.regression_score
     assert isinstance(ns["metavoter_score"], float) and ns["metavoter_score"] == voted.metavoter_score
@@ -123,24 +121,28 @@ def test_annotation_decoding(plain):
     model, tokenizer, pixels = plain
     greedy = model.expert_annotataion(tokenizer, pixels, dict(max_new_tokens=12, do_sample=False))
     assert model.expert_annotation(tokenizer, pixels, {"max_new_tokens": 12}) == greedy
-    # sampling restricted to the single most likely token is greedy decoding
-    assert model.expert_annotation(tokenizer, pixels, dict(max_new_tokens=12, do_sample=True, top_k=1)) == greedy
+    # greedy ignores the sampling settings, as transformers does
+    assert model.expert_annotation(tokenizer, pixels, dict(max_new_tokens=12, temperature=5.0, top_k=3)) == greedy
     hot = dict(max_new_tokens=12, do_sample=True, temperature=5.0)
     torch.manual_seed(5)
     first = model.expert_annotation(tokenizer, pixels, hot)
     torch.manual_seed(5)
     assert model.expert_annotation(tokenizer, pixels, hot) == first  # seeded: repeatable
     assert first != greedy  # and really sampled
+    # top_k and top_p reach generate(): hot sampling cut down to the single most likely token is greedy
+    assert model.expert_annotation(tokenizer, pixels, {**hot, "top_k": 1}) == greedy
+    warm = dict(max_new_tokens=12, do_sample=True)  # transformers' temperature 1.0
+    assert model.expert_annotation(tokenizer, pixels, warm) != greedy
+    assert model.expert_annotation(tokenizer, pixels, {**warm, "top_k": 0, "top_p": 0.01}) == greedy
     assert model.expert_annotation(tokenizer, pixels, {"max_new_tokens": 12}) == greedy  # sampling does not stick
+    # a transformers GenerationConfig is read like the dict of the values it sets
+    from transformers import GenerationConfig
 
-
-def test_top_p_keeps_the_smallest_set_reaching_p():
-    torch.manual_seed(0)
-    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(400, 1)
-    assert set(sampler(top_k=0, top_p=0.75)(logits).tolist()) == {1, 2}  # 0.5 + 0.3 reach 0.75
-    assert set(sampler(top_k=0, top_p=0.5)(logits).tolist()) == {1}
-    assert set(sampler(top_k=2)(logits).tolist()) == {1, 2}
-    assert set(sampler(top_k=0)(logits).tolist()) == {0, 1, 2}
+    torch.manual_seed(5)
+    assert model.expert_annotation(tokenizer, pixels, GenerationConfig(**hot)) == first
+    # the length limit reaches generate(): a shorter run writes a prefix of the longer one
+    short = model.expert_annotation(tokenizer, pixels, {"max_new_tokens": 4})
+    assert len(short) < len(greedy) and greedy.startswith(short)
 
 
 def test_clear_errors(plain, fixtures_dir):
@@ -155,8 +157,12 @@ def test_clear_errors(plain, fixtures_dir):
         model.score(tokenizer, pixels, "Rate <image> this.")
     with pytest.raises(HumanAesError, match="num_beams=4 is not supported"):
         model.expert_annotation(tokenizer, pixels, dict(max_new_tokens=4, num_beams=4))
-    with pytest.raises(HumanAesError, match="temperature must be a positive number"):
+    with pytest.raises(HumanAesError, match="expert_annotation: generation_config: option 'temperature' must be a number >= 0.01"):
         model.expert_annotation(tokenizer, pixels, dict(do_sample=True, temperature=0))
+    with pytest.raises(HumanAesError, match="option 'top_p' must be a number >= 0.01 and <= 1.0"):
+        model.expert_annotation(tokenizer, pixels, dict(do_sample=True, top_p=1.5))
+    with pytest.raises(HumanAesError, match="option 'max_new_tokens' must be an integer >= 1"):
+        model.expert_annotation(tokenizer, pixels, dict(max_new_tokens=0))
     with pytest.raises(HumanAesError, match="unsupported argument.*load_in_8bit"):
         AutoModel.from_pretrained(fixtures_dir / "tiny_qwen2", load_in_8bit=True)
     with pytest.raises(humanaes.ModelNotFoundError, match="not found"):

@@ -86,7 +86,7 @@ def test_expert_options_and_json_schema() -> None:
     }
     assert schema["properties"]["max_new_tokens"]["type"] == "integer"
     assert schema["properties"]["max_new_tokens"]["default"] == 200
-    assert set(schema["properties"]) == {"apply_exif", "max_tiles", "max_new_tokens"}
+    assert set(schema["properties"]) == {"apply_exif", "max_tiles", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed"}
     assert HumanAesScorer.options_class is ExpertOptions and BundledScorer.options_class is MiniOptions
 
 

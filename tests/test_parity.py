@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from humanaes.models.expert.checkpoint import load_original
+from humanaes.models.expert.generation import Decoding
 from humanaes.models.expert.prompts import ANSWER_PREFIX, build_prompt, get_template
 from humanaes.models.expert.scorer import HumanAesScorer, positions_from_mask
 from humanaes.models.expert.tokenization import load_tokenizer
@@ -115,9 +116,10 @@ def test_greedy_generation(case, which):
         pixels = torch.cat([case["pixels"]["grace_hopper.max1"], case["pixels"]["wide.max6"]])
     ids, mask = ref[f"{which}.input_ids"], ref[f"{which}.attention_mask"]
     features = model.extract_image_features(pixels)
-    out = model.run_llm(model.embed(ids, features, scorer.img_context_id), attention_mask=mask,
-                        position_ids=positions_from_mask(mask), use_cache=True)
+    embeds, positions = model.embed(ids, features, scorer.img_context_id), positions_from_mask(mask)
+    out = model.run_llm(embeds, attention_mask=mask, position_ids=positions, use_cache=True)
     step0 = model.lm_logits(out.hidden_states[:, -1])
     assert _max_err(step0, ref[f"{which}.generate.scores"][0]) <= ATOL
-    tokens = scorer.greedy_continue(out, mask, max_new_tokens=8)
+    # transformers' generate() from the prompt pass's cache, greedy as chat()
+    tokens = scorer.generate(embeds, mask, Decoding(max_new_tokens=8), prompt_cache=out.cache)
     assert tokens == ref[f"{which}.generate.sequences"].tolist()

@@ -123,7 +123,7 @@ def test_inputs_of_every_kind(scorer, images):
     with open(images[0], "rb") as fh:
         results = scorer.score([str(images[0]), images[0], data, fh, Image.open(images[0])], mode="fast", max_tiles=1)
     values = [r.regression_score for r in results]
-    assert all(r.error is None for r in results)
+    assert all(r.error is None for r in results), [r.error for r in results]
     assert max(values) - min(values) < 1e-6
 
 
@@ -238,3 +238,155 @@ def test_a_subclass_with_its_own_prepare_keeps_it(scorer, images):
     assert own.preprocessor() is None  # batch then prepares in its actors, with this hook
     typed = own.parse_options(max_tiles=1)
     assert not torch.equal(own.prepare_source(str(images[1]), "w", typed), scorer.prepare_source(str(images[1]), "w", typed))
+
+
+# -- annotation through transformers' generate() ----------------------------------------------
+
+RATE = "Rate the aesthetics of this human picture."
+TWELVE = "Can you evaluate the aesthetics of the human image from 12 different dimensions?"
+
+
+@pytest.fixture(scope="module", params=["tiny_qwen2", "tiny_internlm2"])
+def chat_case(request, fixtures_dir):
+    """A plain tiny checkpoint, the original code's recorded chat() / batch_chat() answers, and
+    the tiles they were written for."""
+    folder = fixtures_dir / request.param
+    scorer = humanaes.load(folder, device="cpu", dtype="float32")
+    meta = json.loads((folder / "reference.json").read_text(encoding="utf-8"))["cases"]
+    pixels = load_file(fixtures_dir / "preprocess" / "pixel_values.safetensors")
+    return scorer, meta, pixels
+
+
+def _annotations(scorer, question: str, tiles: list[torch.Tensor], stop_id: int | None = None, **options) -> list[str]:
+    from humanaes.models.expert.scorer import HumanAesScorer
+
+    asking = HumanAesScorer(scorer.model, scorer.tokenizer, expert_question=question)
+    if stop_id is not None:
+        asking.stop_id = stop_id  # the tiny random models never write <|im_end|> by themselves
+    results = asking.score_prepared_batch(tiles, [f"image{i}" for i in range(len(tiles))], mode="annotate", **options)
+    assert all(r.error is None for r in results), [r.error for r in results]
+    return [r.annotation for r in results]
+
+
+def test_greedy_annotation_is_golden_against_chat(chat_case):
+    """The scorer's annotate mode writes what the original chat() / batch_chat() wrote (greedy, 8
+    tokens), for rows left-padded in our batch too; a batch writes what one image at a time does."""
+    scorer, meta, pixels = chat_case
+    grace, wide, astronaut = pixels["grace_hopper.max1"], pixels["wide.max6"], pixels["astronaut.max6"]
+    assert meta["single"]["question"] == meta["batch"]["questions"][0] == RATE and meta["batch"]["questions"][1] == TWELVE
+    # grace_hopper and astronaut (1 tile) are left-padded next to wide (3 tiles)
+    batch = _annotations(scorer, RATE, [grace, wide, astronaut], max_new_tokens=8)
+    assert batch[0] == meta["batch"]["batch_chat_responses"][0].strip()
+    assert batch[2] == meta["single"]["chat_response"].strip()
+    assert batch == [_annotations(scorer, RATE, [t], max_new_tokens=8)[0] for t in (grace, wide, astronaut)]
+    twelve = _annotations(scorer, TWELVE, [grace, wide], max_new_tokens=8)
+    assert twelve[1] == meta["batch"]["batch_chat_responses"][1].strip()
+    assert twelve == [_annotations(scorer, TWELVE, [t], max_new_tokens=8)[0] for t in (grace, wide)]
+
+
+def _record_llm_calls(scorer, monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(position_ids, attention_mask) of every call of the LLM body, in order, from now on."""
+    body = scorer.model.language_model.model
+    calls = []
+    forward = body.forward
+
+    def recording(*args, **kwargs):
+        pos, mask = kwargs.get("position_ids"), kwargs.get("attention_mask")  # generate() drops a mask of all ones
+        calls.append((None if pos is None else pos.clone(), None if mask is None else mask.clone()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(body, "forward", recording)
+    return calls
+
+
+def test_generation_positions_follow_the_mask_and_the_prompt_runs_once(chat_case, monkeypatch):
+    """Every LLM call of an annotation (the prompt pass, then generate()'s steps) gets the
+    position ids a row would have alone (from its attention mask), and the prompt goes through
+    the LLM once: generate() continues from the prompt pass's cache, recomputing one token."""
+    from humanaes.models.expert.batching import positions_from_mask
+
+    scorer, _, pixels = chat_case
+    calls = _record_llm_calls(scorer, monkeypatch)
+    _annotations(scorer, RATE, [pixels["grace_hopper.max1"], pixels["wide.max6"]], max_new_tokens=6)
+    monkeypatch.undo()
+    assert all(pos is not None and mask is not None for pos, mask in calls)  # a padded batch: always both
+    prompt_mask = calls[0][1]
+    assert bool((prompt_mask[0] == 0).any()), "the first row must be left-padded for this test to mean anything"
+    assert [pos.shape[1] for pos, _ in calls] == [prompt_mask.shape[1]] + [1] * 6  # prompt once, then one token a step
+    for step, (pos, mask) in enumerate(calls):
+        assert mask.shape[1] == prompt_mask.shape[1] + max(0, step - 1)
+        real = mask[:, -pos.shape[1]:].bool()
+        assert torch.equal(pos[real], positions_from_mask(mask)[:, -pos.shape[1]:][real])
+    # generate() recomputes the last prompt token at its own position; the first new token follows it
+    assert calls[1][0][:, 0].tolist() == (prompt_mask.sum(-1) - 1).tolist()
+    assert calls[2][0][:, 0].tolist() == prompt_mask.sum(-1).tolist()
+
+
+def test_generation_stops_at_the_stop_token_per_row(chat_case, monkeypatch):
+    """As chat(): a row ends at the template's stop token, which is cut from the text, while the
+    other rows of the batch go on; generation ends when every row has stopped."""
+    scorer, meta, pixels = chat_case
+    astronaut_ids = meta["single"]["generated_ids"]  # astronaut, RATE, greedy
+    stop = astronaut_ids[2]
+    assert stop not in meta["batch"]["generated_ids"][0]  # grace_hopper's answer never writes it
+    texts = _annotations(scorer, RATE, [pixels["grace_hopper.max1"], pixels["astronaut.max6"]], stop_id=stop, max_new_tokens=8)
+    assert texts[1] == scorer.tokenizer.decode(astronaut_ids[:2], skip_special_tokens=True).strip()
+    assert texts[0] == meta["batch"]["batch_chat_responses"][0].strip()
+    calls = _record_llm_calls(scorer, monkeypatch)
+    alone = _annotations(scorer, RATE, [pixels["astronaut.max6"]], stop_id=stop, max_new_tokens=8)
+    assert alone == texts[1:] and len(calls) == 1 + 3  # the prompt, then steps giving 2 tokens and the stop
+
+
+def test_sampling_is_an_option_reproducible_with_a_seed(scorer, images):
+    greedy = scorer.score(images[:2], mode="annotate", max_tiles=1, max_new_tokens=12)
+    assert [r.annotation for r in greedy] == [r.annotation for r in scorer.score(images[:2], mode="annotate", max_tiles=1, max_new_tokens=12)]
+
+    def sampled(**options):
+        return [r.annotation for r in scorer.score(images[:2], mode="annotate", max_tiles=1, max_new_tokens=12, do_sample=True, **options)]
+
+    torch.manual_seed(0)
+    before = torch.rand(4)
+    torch.manual_seed(0)
+    first = sampled(seed=3)
+    assert torch.equal(torch.rand(4), before)  # a seeded call leaves the global generator alone
+    assert sampled(seed=3) == first  # the same call, the same text
+    assert first != [r.annotation for r in greedy]  # and it really samples
+    assert sampled(seed=4) != first  # the seed reaches the draw
+    # hot sampling narrowed to the most likely token is greedy: top_k / top_p reach generate()
+    assert sampled(seed=3, temperature=5.0, top_k=1) == [r.annotation for r in greedy]
+    assert sampled(seed=3, temperature=5.0) != [r.annotation for r in greedy]
+    # the expert scores come from the same prompt pass, whatever the decoding
+    assert [r.expert for r in scorer.score(images[:2], mode="annotate", max_tiles=1, max_new_tokens=2, do_sample=True, seed=1)] == [
+        r.expert for r in greedy
+    ]
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"temperature": 0.7}, "option 'temperature' only applies when sampling: set do_sample=true"),
+        ({"seed": 1}, "option 'seed' only applies when sampling"),
+        ({"do_sample": True, "temperature": 0}, "option 'temperature' must be a number >= 0.01 and <= 100.0"),
+        ({"do_sample": True, "top_p": 1.5}, "option 'top_p' must be a number >= 0.01 and <= 1.0"),
+        ({"do_sample": True, "top_k": -1}, "option 'top_k' must be an integer >= 0"),
+        ({"do_sample": True, "seed": -1}, "option 'seed' must be an integer >= 0 and <= 4294967295"),
+        ({"do_sample": "yes"}, "option 'do_sample' must be true or false"),
+        ({"max_new_tokens": 0}, "option 'max_new_tokens' must be an integer >= 1 and <= 2048"),
+    ],
+)
+def test_bad_generation_options_are_clear_errors(scorer, images, options, message):
+    with pytest.raises(HumanAesError, match=message):
+        scorer.score(images[:1], mode="annotate", **options)
+
+
+def test_generation_options_are_published_and_refused_by_models_without_a_language_model():
+    scorer = humanaes.load("humanaes-tiny", device="cpu")
+    rows = {row["name"]: row for row in scorer.options_schema()}
+    assert rows["do_sample"]["type"] == "boolean" and rows["do_sample"]["default"] is False
+    assert (rows["temperature"]["minimum"], rows["temperature"]["maximum"], rows["temperature"]["nullable"]) == (0.01, 100.0, True)
+    assert (rows["top_p"]["minimum"], rows["top_p"]["maximum"]) == (0.01, 1.0)
+    assert rows["top_k"]["minimum"] == 0 and rows["seed"]["minimum"] == 0
+    assert all(rows[name]["help"] for name in ("do_sample", "temperature", "top_k", "top_p", "seed"))
+    mini = humanaes.load("humanaes-mini", device="cpu")
+    with pytest.raises(HumanAesError, match="option 'do_sample' not available with model 'humanaes-mini'"):
+        mini.score([Image.new("RGB", (64, 64))], do_sample=True)

@@ -656,7 +656,7 @@ def test_a_humanaesexpert_model_over_http() -> None:
         info = httpx.get(f"{url}/v1/models").json()["models"][0]
         r = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"mode": "metavoter", "max_tiles": "2"})
         too_many = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"max_tiles": "100"})
-    assert [o["name"] for o in info["options"]] == ["apply_exif", "max_tiles", "max_new_tokens"]
+    assert [o["name"] for o in info["options"]] == ["apply_exif", "max_tiles", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed"]
     assert len(info["dimensions"]) == 12 and info["annotation"] is True and "metavoter" in info["modes"]
     assert r.status_code == 200, r.text
     got = r.json()["results"][0]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from humanaes.io.images import ImageSource
 from humanaes.models.expert.processing import TILE_SIZE, preprocess_image
 from humanaes.io.images import load_image as decode_image
 from humanaes.models.expert.prompts import DEFAULT_GENERAL_QUESTION, IMAGE_PLACEHOLDER, expert_answer
+from humanaes.options import model_options
 from humanaes.runtime import DTYPES
 from humanaes.schema import DIMENSIONS, ScoreResult
 
@@ -43,8 +44,6 @@ GENERATION_KEYS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p
 # it), and these only matter for other decoding strategies when they hold their neutral value.
 _GENERATION_NO_EFFECT = ("eos_token_id", "pad_token_id", "bos_token_id", "use_cache", "transformers_version")
 _GENERATION_NEUTRAL = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0}
-# transformers' defaults for sampling when the checkpoint's generation_config.json sets nothing.
-_SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}
 
 
 def load_image(image_file: ImageSource, input_size: int = TILE_SIZE, max_num: int = 12) -> torch.Tensor:
@@ -262,12 +261,13 @@ class CompatModel:
         generation_config: a dict (or transformers GenerationConfig) with `max_new_tokens`
         (default 200) and `do_sample`; sampling honours `temperature`, `top_k` and `top_p` with
         transformers' defaults (1.0, 50, 1.0) and draws from torch's global generator (seed it with
-        `torch.manual_seed` for repeatable text). Greedy decoding otherwise. Beam search and
-        other strategies are refused with a clear error rather than silently replaced.
+        `torch.manual_seed` for repeatable text). Greedy decoding otherwise. They reach
+        transformers' `generate()` as the native API's options of the same names
+        (`score(..., mode="annotate", do_sample=True, ...)`). Beam search and other strategies are
+        refused with a clear error rather than silently replaced.
         """
-        max_new_tokens, pick = _decoding(generation_config)
-        result = self._run(tokenizer, pixel_values, "annotate", DEFAULT_GENERAL_QUESTION, "expert_annotation",
-                           pick_token=pick, max_new_tokens=max_new_tokens)
+        options = _generation_options(generation_config)
+        result = self._run(tokenizer, pixel_values, "annotate", DEFAULT_GENERAL_QUESTION, "expert_annotation", **options)
         return str(result.annotation)
 
     #: The official spelling, kept so unchanged code runs.
@@ -290,12 +290,8 @@ class CompatModel:
             cached = self._scorers[key] = (tokenizer, scorer)
         return cached[1]
 
-    def _run(
-        self, tokenizer: Any, pixel_values: torch.Tensor, mode: str, question: str, call: str,
-        pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None, **options: Any,
-    ) -> ScoreResult:
+    def _run(self, tokenizer: Any, pixel_values: torch.Tensor, mode: str, question: str, call: str, **options: Any) -> ScoreResult:
         scorer = self._scorer(tokenizer, question)
-        scorer.pick_token = pick_token  # this wrapper's own scorer: greedy unless this call samples
         if mode not in scorer.supported_modes:
             needs = {"expert": "an expert head", "metavoter": "a regression head and an expert head"}[mode]
             raise HumanAesError(
@@ -303,7 +299,11 @@ class CompatModel:
                 f"it supports {', '.join(scorer.supported_modes)}"
             )
         tiles = _check_pixel_values(pixel_values, self.model.config.image_size)
-        return scorer.score_prepared([tiles], ["pixel_values"], mode, **options)[0]
+        try:
+            typed = scorer.parse_options(**options)
+        except HumanAesError as exc:
+            raise HumanAesError(f"{call}: generation_config: {exc}") from None
+        return scorer.score_prepared([tiles], ["pixel_values"], mode, **model_options(typed))[0]
 
 
 def _plain_question(question: str) -> str:
@@ -354,10 +354,9 @@ def _parse_to(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[torch.d
     return device, dtype
 
 
-def _decoding(generation_config: Any) -> tuple[int, Callable[[torch.Tensor], torch.Tensor] | None]:
-    """(max_new_tokens, token picker or None for greedy) from an official generation_config."""
-    from humanaes.models.expert.scorer import DEFAULT_MAX_NEW_TOKENS
-
+def _generation_options(generation_config: Any) -> dict[str, Any]:
+    """The native scoring options (max_new_tokens, do_sample, temperature, top_k, top_p) for an
+    official generation_config; what the options refuse (e.g. temperature 0) is refused there."""
     if generation_config is None:
         config: dict[str, Any] = {}
     elif isinstance(generation_config, Mapping):
@@ -375,40 +374,11 @@ def _decoding(generation_config: Any) -> tuple[int, Callable[[torch.Tensor], tor
             f"generation_config {key}={value!r} is not supported; humanaes decodes greedily or by sampling "
             f"({', '.join(GENERATION_KEYS)})"
         )
-    max_new_tokens = config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise HumanAesError(f"generation_config max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not config.get("do_sample", False):
-        return max_new_tokens, None
-    settings = {k: (_SAMPLING_DEFAULTS[k] if config.get(k) is None else config[k]) for k in _SAMPLING_DEFAULTS}
-    return max_new_tokens, sampler(**settings)
+    options = {key: config[key] for key in ("max_new_tokens", "do_sample") if config.get(key) is not None}
+    if options.get("do_sample"):
+        # As transformers: the sampling settings only count when sampling (greedy ignores them).
+        options.update({key: config[key] for key in ("temperature", "top_k", "top_p") if config.get(key) is not None})
+    return options
 
 
-def sampler(temperature: float = 1.0, top_k: int = 50, top_p: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A token picker that samples from logits [B, V]: divide by `temperature`, keep the `top_k`
-    most likely tokens (0 = all), then the smallest set whose probability reaches `top_p`, and
-    draw from the renormalised distribution (torch's global generator)."""
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise HumanAesError(f"generation_config temperature must be a positive number, got {temperature!r}")
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-        raise HumanAesError(f"generation_config top_k must be a non-negative integer, got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise HumanAesError(f"generation_config top_p must be in (0, 1], got {top_p!r}")
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        scores = logits.float() / float(temperature)
-        if 0 < top_k < scores.shape[-1]:
-            kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        if top_p < 1:
-            ordered, order = torch.sort(scores, dim=-1, descending=True)
-            probs = torch.softmax(ordered, dim=-1)
-            # Drop a token when the more likely ones already reach top_p (the first always stays).
-            drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-            scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(-1)
-
-    return pick
-
-
-__all__ = ["AutoModel", "AutoTokenizer", "CompatModel", "load_image", "sampler"]
+__all__ = ["AutoModel", "AutoTokenizer", "CompatModel", "load_image"]

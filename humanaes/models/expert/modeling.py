@@ -148,6 +148,12 @@ class HumanAesExpertModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.projector.linear_1.weight.dtype
 
+    @property
+    def cache_kwarg(self) -> str:
+        """The name this transformers version gives the KV cache argument (of the LLM's forward and
+        of `generate()`)."""
+        return self._cache_kwarg
+
     def head_modules(self) -> list[nn.Module]:
         return [m for m in (self.regression_head, self.expert_head, self.metavoter) if m is not None]
 

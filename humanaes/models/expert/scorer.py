@@ -6,7 +6,8 @@ Modes (reference 2.2):
   expert     expert question: twelve expert-head scores; overall = Comprehensive
   metavoter  both questions continue from one cached prefix (system + image block): LM,
              regression and expert scores fused by the MetaVoter; overall = MetaVoter score
-  annotate   expert scores + the LM-written twelve-line annotation (greedy decoding)
+  annotate   expert scores + the LM-written twelve-line annotation (transformers' generate():
+             greedy by default, sampled with do_sample; see models/expert/generation.py)
   all        metavoter + annotate
 
 Batches mix images with different tile counts: tiles are concatenated and counted per image,
@@ -16,7 +17,6 @@ batch size or order.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from humanaes.scorer import BaseScorer
 from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import HumanAesError
 from humanaes.models.expert.batching import left_pad, positions_from_mask  # noqa: F401 - also importable from here, as before
+from humanaes.models.expert.generation import Decoding, generate_tokens
 from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.models.expert import processing as preprocessing
 from humanaes.options import ScoreOptions, option
@@ -41,6 +42,8 @@ from humanaes.models.expert.prompts import (
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
 
 DEFAULT_MAX_NEW_TOKENS = 200
+#: Options that only mean something with do_sample.
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p", "seed")
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,44 @@ class ExpertOptions(ScoreOptions):
     max_new_tokens: int = option(
         DEFAULT_MAX_NEW_TOKENS, "Most tokens of the generated annotation (annotate/all modes).", minimum=1, maximum=2048
     )
+    do_sample: bool = option(
+        False,
+        "Sample the annotation (annotate/all modes) instead of greedy decoding (greedy is the official chat()'s default; "
+        "the official README samples). Greedy text is deterministic; sampled text varies unless seeded.",
+    )
+    # The sampling settings default to null (= transformers' defaults) so that setting one without
+    # do_sample is an error instead of being silently ignored by greedy decoding.
+    temperature: float | None = option(
+        None, "Sampling temperature (do_sample only; null: 1.0). Lower is closer to greedy.", minimum=0.01, maximum=100.0
+    )
+    top_k: int | None = option(
+        None, "Sample among the k most likely tokens (do_sample only; 0: all; null: 50).", minimum=0, maximum=1_000_000
+    )
+    top_p: float | None = option(
+        None,
+        "Sample among the most likely tokens whose probabilities add up to top_p (do_sample only; null: 1.0, all).",
+        minimum=0.01,
+        maximum=1.0,
+    )
+    seed: int | None = option(
+        None,
+        "Seed of the sampling (do_sample only): the same call on the same images and batch size writes the same "
+        "text, and torch's global generator is left untouched; null: draw from torch's global generator.",
+        minimum=0,
+        maximum=2**32 - 1,
+    )
+
+    def __post_init__(self) -> None:
+        if not self.do_sample:
+            for name in SAMPLING_OPTIONS:
+                if getattr(self, name) is not None:
+                    raise HumanAesError(
+                        f"option {name!r} only applies when sampling: set do_sample=true, or leave {name} unset for greedy decoding"
+                    )
+
+    def decoding(self) -> Decoding:
+        """The annotation's decoding settings."""
+        return Decoding(self.max_new_tokens, self.do_sample, self.temperature, self.top_k, self.top_p, self.seed)
 
 
 class HumanAesScorer(BaseScorer):
@@ -127,7 +168,7 @@ class HumanAesScorer(BaseScorer):
         if mode == "expert":
             self._expert_full(per_image, n_tokens, results)
         if mode in ("annotate", "all"):
-            self._annotate(per_image, n_tokens, results, options["max_new_tokens"])
+            self._annotate(per_image, n_tokens, results, self.options_class(**options).decoding())
         for r in results:
             r.finalize(self._overall(r, mode))
         return results
@@ -229,46 +270,36 @@ class HumanAesScorer(BaseScorer):
             r.metavoter_score = float(vote[i])
             r.extra["metavoter_fitted"] = fitted
 
-    @torch.inference_mode()
-    def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], max_new_tokens: int) -> None:
+    def _annotate(self, features: list[torch.Tensor], n_tokens: list[int], results: list[ScoreResult], decoding: Decoding) -> None:
         ids, mask, _ = self._build_batch(self.expert_question, False, n_tokens)
-        out = self._forward(ids, mask, features, use_cache=True)
+        embeds = self.model.embed(ids, torch.cat(features), self.img_context_id)
+        prompt = self.model.run_llm(embeds, attention_mask=mask, position_ids=positions_from_mask(mask), use_cache=True)
         if not any(r.expert for r in results):
             # the expert head reads this prompt's last token: one pass gives both
-            self._fill_expert(results, out.hidden_states[:, -1])
-        tokens = self.greedy_continue(out, mask, max_new_tokens)
+            self._fill_expert(results, prompt.hidden_states[:, -1])
+        tokens = self.generate(embeds, mask, decoding, prompt_cache=prompt.cache)
         for r, seq in zip(results, tokens):
             r.annotation = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
 
-    #: How decoding picks each next token from the logits [B, V]: None = greedy (the official
-    #: chat()); a function returning token ids [B] otherwise (humanaes.compat samples with one).
-    pick_token: Callable[[torch.Tensor], torch.Tensor] | None = None
+    def generate(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoding: Decoding,
+        prompt_cache: Any = None,
+    ) -> list[list[int]]:
+        """Continue left-padded prompts with transformers' `generate()` (see
+        humanaes.models.expert.generation; position ids follow `attention_mask`): the new token
+        ids per row, up to the chat template's stop token.
 
-    def greedy_continue(self, out: Any, mask: torch.Tensor, max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding from a prompt pass (as chat(): stop at the template's stop token);
-        `pick_token`, when set, replaces the greedy choice (e.g. sampling)."""
-        model = self.model
-        cache = out.cache
-        b = mask.shape[0]
-        next_pos = mask.sum(-1)
-        logits = model.lm_logits(out.hidden_states[:, -1])
-        generated: list[list[int]] = [[] for _ in range(b)]
-        done = torch.zeros(b, dtype=torch.bool, device=mask.device)
-        for _ in range(max_new_tokens):
-            token = logits.argmax(-1) if self.pick_token is None else self.pick_token(logits)
-            for i in range(b):
-                if not done[i] and int(token[i]) != self.stop_id:
-                    generated[i].append(int(token[i]))
-            done |= token == self.stop_id
-            if bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=mask.device)], dim=1)
-            embeds = model.embed(token.unsqueeze(1), None, self.img_context_id)
-            step = model.run_llm(embeds, attention_mask=mask, position_ids=next_pos.unsqueeze(1), cache=cache, use_cache=True)
-            cache = step.cache
-            next_pos = next_pos + 1
-            logits = model.lm_logits(step.hidden_states[:, -1])
-        return generated
+        `prompt_cache`: the KV cache of a pass over the whole prompt (`run_llm(..., use_cache=True)`);
+        its last token is dropped here, so `generate()` recomputes that one token, not the prompt."""
+        if prompt_cache is not None:
+            prompt_cache.crop(-1)  # a negative count: remove that many tokens (older releases read it alike)
+        return generate_tokens(
+            self.model.language_model, inputs_embeds, attention_mask, decoding,
+            stop_id=self.stop_id, pad_id=self.pad_id, prompt_cache=prompt_cache, cache_kwarg=self.model.cache_kwarg,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
