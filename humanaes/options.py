@@ -19,13 +19,17 @@ import dataclasses
 import numbers
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Union
 
 from humanaes.errors import HumanAesError
-from humanaes.io.images import DEFAULT_MAX_PIXELS
+
+# Our own per-call bomb limit (the same number as Pillow's hard limit: 2 x MAX_IMAGE_PIXELS).
+# Pillow's limit is a process-wide global, so we never set it; see `humanaes.io.images._open_lazy` for how a larger
+# `max_pixels` is honoured.
+DEFAULT_MAX_PIXELS = 178_956_970
 
 
 def option(
@@ -209,6 +213,19 @@ def _check_value(name: str, value: Any, f: dataclasses.Field, kind: _Kind, from_
     if f.metadata.get("maximum") is not None and value > f.metadata["maximum"]:
         raise bad()
     return value
+
+
+def option_pairs(texts: Iterable[str], flag: str = "--option") -> dict[str, str]:
+    """`NAME=VALUE` texts (the CLI's repeatable `-o`) -> {name: text value}; names may use dashes.
+    The values stay text: `parse_options(..., from_text=True)` types them against the model's
+    options. HumanAesError for an item without `=` or without a name."""
+    pairs: dict[str, str] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise HumanAesError(f"{flag} {text!r}: expected NAME=VALUE, e.g. use_face=false")
+        pairs[name.strip().replace("-", "_")] = value.strip()
+    return pairs
 
 
 def parse_options(

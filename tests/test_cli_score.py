@@ -534,6 +534,22 @@ def test_options_max_tiles_and_no_exif(photos: Path, scorer: PixelScorer, monkey
     assert tiled.apply_exif is True  # --no-exif is an option of the run, not a change to the scorer
 
 
+def test_typed_options_with_dash_o(photos: Path, scorer: PixelScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o NAME=VALUE` reaches the model typed (text "4" -> int 4); an ill-typed or unknown one is exit 2."""
+    tiled = TiledPixelScorer()
+    monkeypatch.setattr(humanaes, "load", lambda name_or_path=None, **kwargs: tiled, raising=False)
+    result = _run(str(photos / "a.jpg"), "-q", "-o", "max_tiles=4", "--option", "apply-exif=false")
+    assert result.exit_code == 0, result.output
+    assert tiled.calls[-1][2] == {"max_tiles": 4} and tiled.exif_seen == [False]
+    line = _one_line_error(_run(str(photos / "a.jpg"), "-o", "max_tiles=many"))
+    assert "max_tiles" in line
+    line = _one_line_error(_run(str(photos / "a.jpg"), "-o", "temperature=0.5"))
+    assert "'temperature'" in line and "not available" in line
+    line = _one_line_error(_run(str(photos / "a.jpg"), "-o", "max_tiles"))
+    assert "expected NAME=VALUE" in line
+    assert len(tiled.calls) == 1  # none of the refused runs reached the model
+
+
 def test_option_the_model_cannot_use_is_exit_2(tmp_path: Path, photos: Path, scorer: PixelScorer) -> None:
     out = tmp_path / "s.jsonl"
     line = _one_line_error(_run(str(photos / "a.jpg"), "--max-tiles", "6", "--out", str(out)))
@@ -698,8 +714,11 @@ def test_score_settings_are_checked_before_the_model_loads(tmp_path: Path) -> No
                           out=tmp_path / "s.jsonl", no_exif=True, quiet=True)
     settings = flags.checked()
     assert (settings.fmt, settings.mode, settings.device, settings.dtype) == ("jsonl", "expert", "cpu", "float32")
-    assert settings.scoring_options() == {"apply_exif": False}
-    assert dataclasses.replace(flags, max_tiles=3, no_exif=False).scoring_options() == {"max_tiles": 3}
+    tiled = TiledPixelScorer()
+    assert settings.scoring_options(tiled) == {"apply_exif": False}
+    assert dataclasses.replace(flags, max_tiles=3, no_exif=False).scoring_options(tiled) == {"max_tiles": 3}
+    # -o values are text until typed against the model's options
+    assert dataclasses.replace(flags, no_exif=False, extra_options=("max-tiles=5",)).scoring_options(tiled) == {"max_tiles": 5}
     with pytest.raises(HumanAesError, match="--batch-size must be at least 1, got 0"):
         dataclasses.replace(flags, batch_size=0).checked()
     with pytest.raises(HumanAesError, match="is a jsonl file name but --format is csv"):
@@ -736,3 +755,18 @@ def test_threads_option_sets_torch_threads(photos: Path, scorer: PixelScorer) ->
         assert bad.exit_code == 2 and "--threads" in bad.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_sampled_annotation_from_the_cli_is_the_api_s(tmp_path: Path) -> None:
+    """`-o do_sample=true -o seed=N` on the tiny HumanAesExpert preset writes the very text
+    `scorer.score(..., do_sample=True, seed=N)` gives, and differs from greedy decoding."""
+    image = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    scorer = humanaes.load("humanaes-tiny", device="cpu", dtype="float32", threads=None)
+    greedy = scorer.score([image], mode="annotate", max_new_tokens=24)[0].annotation
+    sampled = scorer.score([image], mode="annotate", max_new_tokens=24, do_sample=True, seed=7)[0].annotation
+    assert sampled != greedy
+    out = tmp_path / "s.jsonl"
+    result = _run(str(image), "--model", "humanaes-tiny", "--dtype", "float32", "--mode", "annotate", "-q",
+                  "-o", "max_new_tokens=24", "-o", "do_sample=true", "-o", "seed=7", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text().splitlines()[0])["annotation"] == sampled

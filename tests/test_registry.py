@@ -429,3 +429,22 @@ def test_model_identity_comes_from_the_family(toy_family: Path, tmp_path: Path) 
     assert (toy.name, toy.weights_sha256, toy.default_mode, toy.options_class) == ("toy", None, "default", ScoreOptions)
     with pytest.raises(ModelNotFoundError):
         model_identity(str(tmp_path / "missing"))
+
+
+def test_models_json_publishes_each_model_s_typed_options() -> None:
+    """`humanaes models --json` lists the options a model's scorer takes, without loading it:
+    exactly what the loaded scorer publishes (the service's /v1/models reads the same)."""
+    from click.testing import CliRunner
+
+    from humanaes.cli import main
+
+    result = CliRunner().invoke(main, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.output)}
+    import humanaes
+
+    assert rows["humanaes-mini"]["options"] == humanaes.load().options_schema()
+    tiny = humanaes.load("humanaes-tiny", device="cpu", threads=None)
+    assert rows["humanaes-tiny"]["options"] == tiny.options_schema()
+    assert {"do_sample", "seed", "max_tiles"} <= {o["name"] for o in rows["humanaes-1b"]["options"]}
+    assert "max_tiles" not in {o["name"] for o in rows["humanaes-mini"]["options"]}

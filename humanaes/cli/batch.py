@@ -70,14 +70,11 @@ def batch_command(ctx: click.Context, inputs: tuple[str, ...], out: Path, model:
     pandas.read_parquet("OUT/shards").
     """
     from humanaes.distributed.runner import DEFAULT_SHARD_ROWS, BatchConfig
-    from humanaes.errors import HumanAesError
 
     options: dict[str, object] = {"max_tiles": max_tiles, "apply_exif": False if no_exif else None}
-    for text in extra_options:
-        name, sep, value = text.partition("=")
-        if not sep or not name.strip():
-            raise HumanAesError(f"--option {text!r}: expected NAME=VALUE, e.g. use_face=false")
-        options[name.strip().replace("-", "_")] = value.strip()
+    from humanaes.options import option_pairs
+
+    options.update(option_pairs(extra_options))
     config = BatchConfig(
         inputs=list(inputs), out=out, model=model, mode=mode.lower() if mode else None,
         options=options, device=device.lower(), dtype=dtype.lower(),

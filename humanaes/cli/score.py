@@ -65,6 +65,7 @@ class ScoreSettings:
     retry_errors: bool = False
     quiet: bool = False
     threads: int | None = None
+    extra_options: tuple[str, ...] = ()
 
     def checked(self) -> "ScoreSettings":
         """These settings with the output format resolved and mode, device and dtype lower-cased;
@@ -94,14 +95,20 @@ class ScoreSettings:
         return dataclasses.replace(self, fmt=fmt, mode=self.mode.lower() if self.mode else None,
                                    device=self.device.lower(), dtype=self.dtype.lower())
 
-    def scoring_options(self) -> dict[str, Any]:
-        """The scorer options these flags set (only the ones given: the model's defaults stay)."""
-        options: dict[str, Any] = {}
+    def scoring_options(self, scorer: Any) -> dict[str, Any]:
+        """The scorer options these flags set, typed against `scorer`'s options (only the ones
+        given: the model's defaults stay). HumanAesError for an option the model cannot use
+        (e.g. --max-tiles with a model that has no tiles) or an ill-typed `-o` value."""
+        from humanaes.options import option_pairs, parse_options
+
+        given: dict[str, Any] = dict(option_pairs(self.extra_options))  # text: typed below
         if self.max_tiles is not None:
-            options["max_tiles"] = self.max_tiles
+            given["max_tiles"] = self.max_tiles
         if self.no_exif:
-            options["apply_exif"] = False
-        return options
+            given["apply_exif"] = False
+        typed = parse_options(scorer.options_class, given, defaults={"apply_exif": scorer.apply_exif},
+                              owner=f"model {scorer.name!r}", from_text=True)
+        return {name: getattr(typed, name) for name in given}
 
 
 def _load_scorer(model: str | None, device: str, dtype: str, *, threads: int | None = None, quiet: bool = False) -> Any:
@@ -156,6 +163,9 @@ def _load_scorer(model: str | None, device: str, dtype: str, *, threads: int | N
 @click.option("--report", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write a self-contained HTML report (all rows of --out, when resuming).")
 @click.option("--no-exif", is_flag=True, help="Ignore EXIF orientation (the official code's behaviour).")
+@click.option("--option", "-o", "extra_options", multiple=True, metavar="NAME=VALUE",
+              help="A typed option of the model (see `humanaes models --json` or /v1/models), e.g. "
+                   "-o max_new_tokens=300 -o do_sample=true -o seed=0 for a sampled annotation. Repeatable.")
 @click.option("--retry-errors", is_flag=True,
               help="When resuming, score again the images whose rows have an error (their rows are replaced).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
@@ -212,11 +222,11 @@ def _run(ctx: click.Context, settings: ScoreSettings, output: "ResumableOutput",
             _write_report(output.all_rows(), settings)
         return
 
-    scorer, mode, model_name = _prepare_scorer(settings, output)
+    scorer, mode, model_name, options = _prepare_scorer(settings, output)
     if not settings.quiet and skipped:
         click.echo(f"resuming {settings.out}: {skipped} images already scored, {len(todo)} to go", err=True)
     start = time.monotonic()
-    interrupted = _score_into(output, scorer, todo, settings, mode=mode, model_name=model_name)
+    interrupted = _score_into(output, scorer, todo, settings, mode=mode, model_name=model_name, options=options)
     elapsed = time.monotonic() - start
     output.close()  # flush/finish the output (one row per image) before the report reads images again
 
@@ -233,23 +243,23 @@ def _run(ctx: click.Context, settings: ScoreSettings, output: "ResumableOutput",
         ctx.exit(1)
 
 
-def _prepare_scorer(settings: ScoreSettings, output: "ResumableOutput") -> tuple[Any, str, str]:
-    """(scorer, mode, model name): the model loaded and every flag checked against it before any
-    image is read (a bad flag or a mode that would mix with the output's is exit 2 at once)."""
+def _prepare_scorer(settings: ScoreSettings, output: "ResumableOutput") -> tuple[Any, str, str, dict[str, Any]]:
+    """(scorer, mode, model name, typed options): the model loaded and every flag checked against
+    it before any image is read (a bad flag or a mode that would mix with the output's is exit 2 at once)."""
     scorer = _load_scorer(settings.model, settings.device, settings.dtype, threads=settings.threads,
                           quiet=settings.quiet)
     mode = scorer.check_mode(settings.mode)
-    scorer.parse_options(**settings.scoring_options())  # e.g. --max-tiles with a model that has no tiles
+    options = settings.scoring_options(scorer)  # e.g. --max-tiles with a model that has no tiles
     output.check_mode(mode)
     model_name = str(getattr(scorer, "name", settings.model or "default"))
     if output.mixes_models(model_name):
         _warn(f"--out {settings.out} holds results of model {', '.join(sorted(output.earlier_models))}; "
               f"appending {model_name}")
-    return scorer, mode, model_name
+    return scorer, mode, model_name, options
 
 
 def _score_into(output: "ResumableOutput", scorer: Any, todo: "list[DiscoveredImage]", settings: ScoreSettings, *,
-                mode: str, model_name: str) -> bool:
+                mode: str, model_name: str, options: dict[str, Any]) -> bool:
     """Score `todo` into `output` with a progress bar; True when interrupted (Ctrl-C, SIGTERM).
 
     Items discovery already refused (FIFOs, loops, dangling links, missing manifest entries)
@@ -259,7 +269,6 @@ def _score_into(output: "ResumableOutput", scorer: Any, todo: "list[DiscoveredIm
     from tqdm import tqdm
 
     displays = {item.key: item.display for item in todo}
-    options = settings.scoring_options()
     pending: list[ScoreResult] = []
     # delay: short runs show no bar at all; long runs show images/s.
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, disable=settings.quiet, delay=1.0, dynamic_ncols=True,

@@ -25,14 +25,11 @@ from PIL import Image, ImageOps
 from humanaes.errors import ConfigError, ImageLoadError
 from humanaes.fsutil import NotRegularFileError, open_regular
 from humanaes.io.discovery import special_file_kind
+from humanaes.options import DEFAULT_MAX_PIXELS  # noqa: F401 - also importable from here, as before
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image]
 AlphaMode = Literal["white", "drop"]
 
-# Our own per-call bomb limit (the same number as Pillow's hard limit: 2 x MAX_IMAGE_PIXELS).
-# Pillow's limit is a process-wide global, so we never set it; see `_open_lazy` for how a larger
-# `max_pixels` is honoured.
-DEFAULT_MAX_PIXELS = 178_956_970
 
 _ORIENTATION_TAG = 0x0112
 _ALPHA_MODES = ("white", "drop")

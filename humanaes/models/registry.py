@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, overload
 
+
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.hints import hint
 
@@ -50,15 +51,20 @@ BUNDLED_DEFAULT = "humanaes-mini"
 BUNDLED_NAMES = (BUNDLED_DEFAULT,)
 
 
-class ModelEntry(TypedDict):
-    """One row of `list_models()` / `humanaes models`."""
-
+class _ModelRow(TypedDict):
     name: str
     family: str
     kind: str
     description: str
     score_meaning: str
     licence: str
+
+
+class ModelEntry(_ModelRow, total=False):
+    """One row of `list_models()` / `humanaes models`."""
+
+    #: the typed options its scorer takes (`humanaes.options.describe_options`), when the family declares them
+    options: list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,8 @@ class ModelFamily:
     save: Callable[[Any, Path, Any], Path] | None = None
     #: what a name's scores mean and its licence, or None for names it does not know
     facts: Callable[[str], ModelFacts | None] | None = None
+    #: the typed options of its scorers (a light `humanaes.options.ScoreOptions` subclass: no torch)
+    options_class: Callable[[], type] | None = None
     #: the model's identity without loading its weights (default: the name or folder, no checksum,
     #: mode "default", the base ScoreOptions)
     identity: Callable[[Resolved], ModelIdentity] | None = None
@@ -330,8 +338,16 @@ def _family_of_name(name: str) -> ModelFamily:
 
 
 def list_models() -> list[ModelEntry]:
-    """Every registered model (one row per name): what its scores mean and its weights' licence."""
-    return [entry for family in families() for entry in family.list_models()]
+    """Every registered model (one row per name): what its scores mean, its weights' licence and
+    the typed options its scorer takes."""
+    from humanaes.options import describe_options
+
+    rows: list[ModelEntry] = []
+    for family in families():
+        options = describe_options(family.options_class()) if family.options_class is not None else None
+        for entry in family.list_models():
+            rows.append(entry if options is None else ModelEntry(**entry, options=options))
+    return rows
 
 
 def model_facts(name: str) -> ModelFacts | None:

@@ -214,10 +214,16 @@ def load_scorer(resolved: Resolved, settings: LoadSettings) -> HumanAesScorer:
 def expert_identity(resolved: Resolved) -> ModelIdentity:
     """Name (a preset's, a folder's absolute path or the hub id) and the scorer's typed options;
     the default mode depends on the checkpoint's trained heads, so it is "default" here."""
-    from humanaes.models.expert.scorer import HumanAesScorer
+    from humanaes.models.expert.options import ExpertOptions
 
     name = str(resolved.folder.absolute()) if resolved.folder is not None else (resolved.name or resolved.source)
-    return ModelIdentity(name, None, "default", HumanAesScorer.options_class)
+    return ModelIdentity(name, None, "default", ExpertOptions)
+
+
+def expert_options() -> type:
+    from humanaes.models.expert.options import ExpertOptions
+
+    return ExpertOptions
 
 
 def tile_preprocessor(resolved: Resolved) -> TilePreprocessor | None:
@@ -269,6 +275,7 @@ EXPERT_FAMILY = register_family(ModelFamily(
     save=save_expert,
     facts=expert_facts,
     identity=expert_identity,
+    options_class=expert_options,
     hub_repos=True,
     folders_shadow_names=True,  # a checkpoint saved as ./humanaes-tiny loads, not the preset
     order=10,

@@ -101,6 +101,12 @@ def mini_identity(resolved: Resolved) -> ModelIdentity:
     return ModelIdentity(name, meta.get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class)
 
 
+def mini_options() -> type:
+    from humanaes.models.mini.options import MiniOptions
+
+    return MiniOptions
+
+
 def refuse_save(model_or_scorer: Any, folder: Path, tokenizer: Any = None) -> Path:
     raise CheckpointError(
         f"save_checkpoint saves HumanAesExpert models; {BUNDLED_NAME} is the bundled model, which ships inside the "
@@ -120,6 +126,7 @@ MINI_FAMILY = register_family(ModelFamily(
     save=refuse_save,
     facts=mini_facts,
     identity=mini_identity,
+    options_class=mini_options,
     default_model=BUNDLED_NAME,
     order=0,  # the bundled name and its folders come first (see humanaes.models.registry)
 ))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,7 +18,8 @@ from humanaes.io.images import ImageSource
 from humanaes.models.mini.modeling import FaceBranch, HumanAesMini, MiniEnsemble
 from humanaes.models.mini.processing import MiniPreprocessor, open_for_size, prepare_image, resize_center_crop
 from humanaes.models.mini.weights import BUNDLED_NAME, META_FILE, WEIGHTS_FILE, load_mini_model, load_model, save_bundled
-from humanaes.options import ScoreOptions, option
+from humanaes.models.mini.options import MiniOptions
+from humanaes.options import ScoreOptions
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
 from humanaes.scorer import BaseScorer
@@ -42,14 +42,6 @@ DESCRIPTION = (
 
 
 # -- scorer ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MiniOptions(ScoreOptions):
-    """Options of humanaes-mini."""
-
-    use_face: bool = option(True, "Use the face branch when a face is found (false: whole-picture CNNs only).")
-    tta_flip: bool | None = option(None, "Also score the mirrored picture and average (null: as the checkpoint was exported).")
 
 
 class BundledScorer(BaseScorer):
