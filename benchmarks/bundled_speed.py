@@ -86,8 +86,8 @@ def main() -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from humanaes.models.mini import load_bundled
     from humanaes.io.images import load_image
+    from humanaes.models.mini import load_bundled
 
     import_s = time.perf_counter() - t0
 

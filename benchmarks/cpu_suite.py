@@ -21,14 +21,24 @@ import torch
 from benchmarks import reference as R
 from benchmarks.checkpoints import ensure_checkpoints
 from benchmarks.common import (
-    keeps_torch_threads,
     DEFAULT_IMAGES,
     StageTimer,
+    keeps_torch_threads,
     max_abs_diff,
     scores_as_dict,
     select_images,
 )
-from benchmarks.timing import GIB, MIB, Stats, compare, interleaved, machine_info, peak_rss_bytes, reset_peak_rss, rss_bytes
+from benchmarks.timing import (
+    GIB,
+    MIB,
+    Stats,
+    compare,
+    interleaved,
+    machine_info,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 
 PARITY_ATOL = 2e-4  # fp32 vs fp32, same weights: only summation order differs
 

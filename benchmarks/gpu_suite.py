@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import reference as R
-from benchmarks.common import DEFAULT_IMAGES, max_abs_diff, scores_as_dict, select_images, keeps_torch_threads
+from benchmarks.common import DEFAULT_IMAGES, keeps_torch_threads, max_abs_diff, scores_as_dict, select_images
 from benchmarks.timing import Stats, machine_info
 
 
@@ -64,8 +64,8 @@ def build_random(preset: str, device: torch.device, dtype: torch.dtype, attn: st
 
 @keeps_torch_threads
 def run(args: Any, log: Callable[[str], None] = print) -> dict[str, Any]:
-    from humanaes.models.expert.modeling import choose_attn_implementation
     from humanaes.io.images import load_image
+    from humanaes.models.expert.modeling import choose_attn_implementation
     from humanaes.models.expert.scorer import HumanAesScorer
     from humanaes.models.expert.tokenization import load_tokenizer
 

@@ -16,8 +16,8 @@ from PIL import Image
 
 from humanaes.errors import HumanAesError, ImageLoadError
 from humanaes.hints import hint
-from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
 from humanaes.io.images import ImageSource, load_image, source_name
+from humanaes.options import ScoreOptions, describe_options, model_options, parse_options
 from humanaes.schema import SCORE_MODES, ScoreResult
 
 logger = logging.getLogger(__name__)

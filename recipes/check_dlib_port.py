@@ -63,7 +63,6 @@ def make_reference(ref: Path, count: int) -> None:
 
 def check(args: argparse.Namespace) -> bool:
     import torch
-
     from dlib_dat import convert_dlib_dat
 
     from humanaes.models.mini.facenet import DlibFaceResNet

@@ -24,7 +24,6 @@ if str(REPO) not in sys.path:
 
 from humanaes.models.mini.facenet import CHIP_SIZE, EMBED_DIM, STAGES  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------
 # Reading dlib's serialization of `anet_type` (loss_metric<fc_no_bias<128, avg_pool_everything<
 # alevel0<...alevel4<max_pool<relu<affine<con<input_rgb_image_sized<150>>>>>>...>>>>).

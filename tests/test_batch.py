@@ -156,10 +156,10 @@ def test_the_bundled_preprocessor_ships_without_the_model_and_matches_score(tmp_
 
     import torch
 
-    from humanaes.scorer import prepare_items
-    from humanaes.models.mini.scorer import MiniPreprocessor
     from humanaes.distributed.stages import pack_prepared, unpack_prepared
+    from humanaes.models.mini.scorer import MiniPreprocessor
     from humanaes.models.registry import load_preprocessor
+    from humanaes.scorer import prepare_items
 
     scorer = humanaes.load(None, device="cpu", dtype="float32")
     pre = load_preprocessor(None)
@@ -195,8 +195,8 @@ def test_the_bundled_preprocessor_ships_without_the_model_and_matches_score(tmp_
 def test_actors_only_run_the_forward_when_stage_two_ran(tmp_path: Path, images: Path, cached_load: list,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The model actor scores prepared rows without decoding or preparing anything."""
-    from humanaes.distributed.stages import BatchScorer, items_table, prepare_images, read_images
     from humanaes.distributed.inputs import gather_inputs
+    from humanaes.distributed.stages import BatchScorer, items_table, prepare_images, read_images
     from humanaes.models.registry import load_preprocessor
 
     items = gather_inputs([str(images)])

@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from humanaes.errors import CheckpointError, ConfigError, HumanAesError
 from humanaes.models.mini import BundledScorer, HumanAesMini, MiniConfig, MiniEnsemble, load_bundled, save_bundled
 from humanaes.models.mini.modeling import pairwise_rank_loss
 from humanaes.models.mini.scorer import open_for_size, prepare_image
-from humanaes.errors import CheckpointError, ConfigError, HumanAesError
 from humanaes.schema import DIMENSIONS, ScoreResult, score_to_level
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,11 +20,11 @@ from PIL import Image
 
 import humanaes
 from humanaes import io as hio
-from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.errors import HumanAesError, ModelNotFoundError
 from humanaes.options import ScoreOptions, option
 from humanaes.schema import DIMENSIONS, LEVEL_CENTRES, LEVELS, ScoreResult
+from humanaes.scorer import BaseScorer
 
 
 class PixelScorer(BaseScorer):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_scoring import _with_heads
 
 import humanaes
 from humanaes.compat import AutoModel, AutoTokenizer, CompatModel, load_image
 from humanaes.errors import HumanAesError
 from humanaes.models.expert.prompts import expert_answer
 from humanaes.schema import DIMENSIONS, LEVEL_CENTRES, LEVELS
-from test_scoring import _with_heads
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "migrating-from-official.md"
 VARIANTS = ["tiny_qwen2", "tiny_internlm2"]

@@ -12,11 +12,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 import humanaes
-from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.data import Sample, load_split
 from humanaes.evaluation.evaluator import evaluate
 from humanaes.schema import DIMENSIONS, ScoreResult
+from humanaes.scorer import BaseScorer
 
 
 class BrightnessScorer(BaseScorer):

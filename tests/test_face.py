@@ -13,16 +13,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from humanaes.errors import CheckpointError, ConfigError
 from humanaes.models.mini import load_bundled
-from humanaes.models.mini.face import CHIP_LANDMARKS, _max_pool, aligned_crop, chip_template, face_chip, face_chips, similarity_to
+from humanaes.models.mini.face import (
+    CHIP_LANDMARKS,
+    _max_pool,
+    aligned_crop,
+    chip_template,
+    face_chip,
+    face_chips,
+    similarity_to,
+)
 from humanaes.models.mini.facenet import LAST_MAP_DIM, POOLED_LEVELS_DIM, DlibFaceResNet, load_dlib_facenet
 from humanaes.models.mini.modeling import FaceBranch, FaceConfig
-from humanaes.errors import CheckpointError, ConfigError
 from humanaes.training.trainer import Trainer, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the dlib .dat reader is a training-time tool in recipes/, outside the package
 from recipes.dlib_dat import convert_dlib_dat  # noqa: E402
+
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLES = REPO / "examples"
 

@@ -6,24 +6,24 @@ import pytest
 import torch
 from PIL import Image
 
-from humanaes.models.expert.checkpoint import save_humanaes
 from humanaes.data import Sample
 from humanaes.errors import CheckpointError, ConfigError
+from humanaes.models.expert.checkpoint import save_humanaes
+from humanaes.models.expert.prompts import EXPERT_QUESTIONS, GENERAL_QUESTIONS, PromptTokenizer, get_template
+from humanaes.models.expert.tokenization import load_tokenizer
+from humanaes.models.registry import create_model, preset_config
 from humanaes.training.finetune import (
     IGNORE_INDEX,
     FinetuneConfig,
     FinetuneModule,
-    LossWeights,
     LoraSettings,
+    LossWeights,
     QADataset,
     apply_override,
     make_collate,
     prepare_model,
     split_holdout,
 )
-from humanaes.models.expert.prompts import EXPERT_QUESTIONS, GENERAL_QUESTIONS, PromptTokenizer, get_template
-from humanaes.models.registry import create_model, preset_config
-from humanaes.models.expert.tokenization import load_tokenizer
 
 
 @pytest.fixture(scope="module")

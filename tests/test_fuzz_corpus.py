@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from test_hostile_inputs import deadline
 
 import humanaes
 from humanaes import io as hio
 from humanaes.cli import main
-from test_hostile_inputs import deadline
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system semantics")]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from test_cli_score import PixelScorer, _img, _one_line_error, install_pixel_scorer, make_photos
 
 from humanaes import io as hio
 from humanaes.cli import main
@@ -28,7 +29,6 @@ from humanaes.errors import ImageLoadError
 from humanaes.fsutil import OutputLock
 from humanaes.io.images import load_image
 from humanaes.schema import ScoreResult
-from test_cli_score import PixelScorer, _img, _one_line_error, install_pixel_scorer, make_photos
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file system semantics")
 

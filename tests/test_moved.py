@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import importlib
 import pickle
-from pathlib import Path
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -37,13 +37,14 @@ def test_no_old_file_is_left_behind():
 
 
 def test_names_users_imported_from_old_paths():
+    from humanaes.api import BaseScorer
     from humanaes.bundled import BundledScorer, load_bundled  # noqa: F401
     from humanaes.config import HumanAesConfig  # noqa: F401
-    from humanaes.evaluation import EvalReport, evaluate  # noqa: F401
     from humanaes.modeling import HumanAesExpertModel  # noqa: F401
     from humanaes.preprocessing import TilePreprocessor, load_image, preprocess_image, source_name  # noqa: F401
     from humanaes.scoring import HumanAesScorer, positions_from_mask  # noqa: F401
-    from humanaes.api import BaseScorer
+
+    from humanaes.evaluation import EvalReport, evaluate  # noqa: F401
 
     assert BaseScorer is humanaes.BaseScorer
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import json
+import os
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -14,14 +14,14 @@ import torch
 from PIL import Image
 
 import humanaes
-from humanaes.scorer import BaseScorer
+from humanaes.errors import HumanAesError
+from humanaes.io.images import DEFAULT_MAX_PIXELS
+from humanaes.models.expert.scorer import ExpertOptions, HumanAesScorer
 from humanaes.models.mini import BundledScorer, load_bundled
 from humanaes.models.mini.scorer import MiniOptions
-from humanaes.errors import HumanAesError
 from humanaes.options import ScoreOptions, describe_options, model_options, option, options_json_schema, parse_options
-from humanaes.io.images import DEFAULT_MAX_PIXELS
 from humanaes.schema import ScoreResult
-from humanaes.models.expert.scorer import ExpertOptions, HumanAesScorer
+from humanaes.scorer import BaseScorer
 
 
 @pytest.fixture(scope="module")

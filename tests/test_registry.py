@@ -378,7 +378,13 @@ def test_old_names_stay_importable() -> None:
     from humanaes.modelinfo import BUNDLED_NAME, bundled_licence, bundled_metadata
     from humanaes.models.mini import BundledScorer, load_bundled  # noqa: F401
     from humanaes.models.registry import (  # noqa: F401
-        BUNDLED_DEFAULT, _is_bundled_folder, _looks_like_hub_id, get_preset, list_presets, load_model, preset_config,
+        BUNDLED_DEFAULT,
+        _is_bundled_folder,
+        _looks_like_hub_id,
+        get_preset,
+        list_presets,
+        load_model,
+        preset_config,
         resolve_hub,
     )
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from humanaes.models.expert import checkpoint
 from humanaes.errors import CheckpointError
+from humanaes.models.expert import checkpoint
 from humanaes.safetensors_io import MAX_HEADER_BYTES, load_safetensors, read_header
 
 BUNDLED = Path(__file__).resolve().parents[1] / "humanaes" / "models" / "mini"

@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 import humanaes
 from humanaes import runtime
-from humanaes.scorer import BaseScorer
 from humanaes.cli import main
 from humanaes.errors import CheckpointError, HumanAesError, ModelNotFoundError
 from humanaes.hints import hint, hint_style, import_optional, missing_extra_message
+from humanaes.scorer import BaseScorer
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -13,8 +13,8 @@ from PIL import Image
 
 from humanaes.cli import main
 from humanaes.data import load_split, validate_dataset
-from humanaes.errors import DataError
 from humanaes.data.swift import SWIFT_KEYS, export_swift, import_swift
+from humanaes.errors import DataError
 
 EXPERT_SCORES = [0.1, 0.2, 0.35, 0.4, 0.59, 0.6, 0.79, 0.8, 0.95, 1.0, 0.0, 0.65]
 # Written out by hand (not by the code under test): the release's arrange() format.

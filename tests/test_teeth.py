@@ -18,11 +18,11 @@ from PIL import Image
 from torch.nn import functional as F
 
 import humanaes
-from humanaes.models.mini.modeling import ExpertHead as MiniExpertHead
-from humanaes.models.heads import ExpertHead, MetaVoter
-from humanaes.training.metavoter import fit_metavoter
 from humanaes.models.expert.prompts import common_prefix_length, expert_answer, parse_expert_answer
+from humanaes.models.heads import ExpertHead, MetaVoter
+from humanaes.models.mini.modeling import ExpertHead as MiniExpertHead
 from humanaes.schema import DIMENSIONS
+from humanaes.training.metavoter import fit_metavoter
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -10,14 +10,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from humanaes.models.expert.checkpoint import save_humanaes
 from humanaes.cli import main
 from humanaes.data import load_samples
 from humanaes.evaluation.evaluator import evaluate
+from humanaes.models.expert.checkpoint import save_humanaes
+from humanaes.models.expert.tokenization import load_tokenizer
 from humanaes.models.registry import create_model, load, preset_config
 from humanaes.schema import DIMENSIONS, score_to_level
 from humanaes.training.synthetic import make_dataset
-from humanaes.models.expert.tokenization import load_tokenizer
 
 
 def tiny_synthetic_model(folder):

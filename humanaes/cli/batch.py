@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import click
 
 from humanaes.cli.score import DEVICES, DTYPES, _warn
-from humanaes.signals import sigterm_as_interrupt
 from humanaes.schema import SCORE_MODES
+from humanaes.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from humanaes.distributed.runner import BatchConfig

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from humanaes.errors import HumanAesError
-from humanaes.signals import sigterm_as_interrupt
 from humanaes.schema import SCORE_MODES, ScoreResult
+from humanaes.signals import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from humanaes.io import DiscoveredImage

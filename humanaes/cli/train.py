@@ -18,8 +18,8 @@ def train_cmd(config_file: Path, overrides: tuple[str, ...], resume: str | None)
     OVERRIDES are key=value pairs, e.g. trainer.lr=5e-5 data.max_tiles=6 lora.r=16.
     The merged model is written to <trainer.output_dir>/final in humanaes format.
     """
-    from humanaes.training.finetune import FinetuneConfig, run_training
     from humanaes.hints import hint_style, import_optional
+    from humanaes.training.finetune import FinetuneConfig, run_training
 
     with hint_style("config"):  # `train` has no --model/--device: hints name the config keys
         config = FinetuneConfig.from_file(config_file, list(overrides))

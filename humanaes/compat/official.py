@@ -28,8 +28,8 @@ import torch
 
 from humanaes.errors import HumanAesError, ModelNotFoundError
 from humanaes.io.images import ImageSource
-from humanaes.models.expert.processing import TILE_SIZE, preprocess_image
 from humanaes.io.images import load_image as decode_image
+from humanaes.models.expert.processing import TILE_SIZE, preprocess_image
 from humanaes.models.expert.prompts import DEFAULT_GENERAL_QUESTION, IMAGE_PLACEHOLDER, expert_answer
 from humanaes.options import model_options
 from humanaes.runtime import DTYPES

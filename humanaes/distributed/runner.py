@@ -140,8 +140,8 @@ def preprocess_kwargs(config: BatchConfig, kwargs: dict[str, Any]) -> dict[str, 
     """Arguments of the CPU stage `prepare_images` (the model's Preprocessor and the typed
     options), obtained without loading the model's heavy weights; None when the model has no
     preprocessor apart from its scorer (then the actors decode and prepare)."""
-    from humanaes.options import parse_options
     from humanaes.models.registry import load_preprocessor
+    from humanaes.options import parse_options
 
     preprocessor = load_preprocessor(config.model)
     if preprocessor is None:

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from humanaes.data import Sample
 from humanaes.errors import DataError
-from humanaes.hints import hint
 from humanaes.evaluation.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics
-from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult, score_to_level
 from humanaes.fsutil import atomic_write
+from humanaes.hints import hint
+from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult, score_to_level
 
 if TYPE_CHECKING:  # import cycle-free typing only
     from humanaes.scorer import BaseScorer

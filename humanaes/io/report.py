@@ -33,8 +33,8 @@ from PIL import Image, ImageOps
 
 from humanaes.fsutil import atomic_write, open_regular
 from humanaes.io import DIMENSION_COLUMNS, SCORE_COLUMNS
-from humanaes.modelinfo import model_facts
 from humanaes.io.images import to_rgb
+from humanaes.modelinfo import model_facts
 from humanaes.schema import DIMENSIONS, LEVEL_CUT_POINTS, LEVELS, score_to_level
 
 THUMBNAIL_SIZE = 160

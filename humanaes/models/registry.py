@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, overload
 
-
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.hints import hint
 

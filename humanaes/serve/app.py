@@ -247,7 +247,7 @@ def _model_info(state: ServiceState) -> dict[str, Any]:
     bounds = (0.0, *LEVEL_CUT_POINTS, 1.0)
     return {
         "name": scorer.name,
-        "kind": info.get("kind", "bundled" if "trained_heads" in info else "scorer"),
+        "kind": info.get("kind", "scorer"),  # each family names its kind in describe()
         "description": info.get("description", ""),
         "modes": modes,
         "default_mode": scorer.default_mode,

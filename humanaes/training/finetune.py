@@ -27,18 +27,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from humanaes.models.expert.config import HumanAesConfig
 from humanaes.config_keys import check_keys
 from humanaes.errors import CheckpointError, ConfigError, DataError, ImageLoadError
-from humanaes.models.heads import ExpertHead, RegressionHead
+from humanaes.fsutil import atomic_write
 from humanaes.hints import import_optional
-from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.io.images import load_image
+from humanaes.models.expert.batching import positions_from_mask
+from humanaes.models.expert.config import HumanAesConfig
+from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.models.expert.processing import preprocess_image
 from humanaes.models.expert.prompts import PromptTokenizer, expert_answer, get_template, overall_answer, random_question
+from humanaes.models.heads import ExpertHead, RegressionHead
 from humanaes.schema import NUM_DIMENSIONS
-from humanaes.models.expert.batching import positions_from_mask
-from humanaes.fsutil import atomic_write
 
 IGNORE_INDEX = -100
 
@@ -417,8 +417,8 @@ def make_eval_fn(module: FinetuneModule, tokenizer: Any, samples: list[Any], bat
 
 def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[str, Any]:
     """Stage 1 end to end: data, model, LoRA, trainer, export of the merged model."""
-    from humanaes.models.expert.checkpoint import save_humanaes
     from humanaes.data import load_samples
+    from humanaes.models.expert.checkpoint import save_humanaes
     from humanaes.training.trainer import Trainer, TrainerConfig
 
     tconfig = TrainerConfig.from_dict({**config.trainer, **({"resume_from": resume} if resume else {})})

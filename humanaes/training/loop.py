@@ -31,7 +31,15 @@ from humanaes.training.checkpoints import (
     write_checkpoint,
 )
 from humanaes.training.config import TrainerConfig
-from humanaes.training.engine import EMA, Engine, TrainingOOMError, build_optimizer, is_oom, oom_message, seed_everything
+from humanaes.training.engine import (
+    EMA,
+    Engine,
+    TrainingOOMError,
+    build_optimizer,
+    is_oom,
+    oom_message,
+    seed_everything,
+)
 
 logger = logging.getLogger(__name__)
 

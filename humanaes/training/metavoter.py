@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from humanaes.errors import HumanAesError
-from humanaes.models.heads import MetaVoter
 from humanaes.evaluation.metrics import compute_metrics
+from humanaes.models.heads import MetaVoter
 
 #: Columns of the MetaVoter's input X, in order (what `collect_head_scores` stacks per row).
 METAVOTER_INPUT_HEADS = ("lm", "regression", "expert")
@@ -97,8 +97,8 @@ def train_metavoter(model: str | Path, data: str | Path, out: str | Path, *, spl
                     batch_size: int = 8, max_tiles: int | None = None, steps: int = 2000, seed: int = 0,
                     device: str = "auto", progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """Load `model`, score `data` (held-out training rows), fit, save in our format to `out`."""
-    from humanaes.models.expert.checkpoint import save_humanaes
     from humanaes.data import load_samples
+    from humanaes.models.expert.checkpoint import save_humanaes
     from humanaes.models.registry import load
 
     samples = load_samples(data, split)

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from humanaes.schema import LEVELS, NUM_DIMENSIONS, score_to_level
 from humanaes.fsutil import atomic_write
+from humanaes.schema import LEVELS, NUM_DIMENSIONS, score_to_level
 
 # leaf index -> weights over (face, outfit, body, environment)
 LEAF_MIX: dict[int, tuple[float, float, float, float]] = {

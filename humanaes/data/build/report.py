@@ -51,7 +51,8 @@ def contact_sheet(
     copy kept instead on the right half, so the pair can be compared.
     """
     from humanaes.errors import ImageLoadError
-    from humanaes.io.drawing import draw_text as _text, load_font as _font
+    from humanaes.io.drawing import draw_text as _text
+    from humanaes.io.drawing import load_font as _font
     from humanaes.io.images import load_image
 
     chosen = sorted(random.Random(f"{seed}:{reason}").sample(range(len(drops)), min(SHEET_SAMPLE, len(drops))))

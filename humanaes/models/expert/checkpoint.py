@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
-from humanaes.models.expert.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.fsutil import publish_dir
+from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
+from humanaes.models.expert.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.models.expert.modeling import HumanAesExpertModel
 from humanaes.safetensors_io import iter_safetensors, read_header
 

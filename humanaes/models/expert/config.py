@@ -15,8 +15,8 @@ from typing import Any
 
 from humanaes.config_keys import check_keys
 from humanaes.errors import ConfigError
-from humanaes.schema import LEVEL_CENTRES
 from humanaes.fsutil import atomic_write
+from humanaes.schema import LEVEL_CENTRES
 
 FORMAT_NAME = "humanaes"
 FORMAT_VERSION = 1

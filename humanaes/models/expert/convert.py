@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import CheckpointError, ConfigError
+from humanaes.models.expert.config import HumanAesConfig
 
 # (pattern, replacement) applied with re.fullmatch, first match wins.
 VISION_RENAMES: list[tuple[str, str]] = [

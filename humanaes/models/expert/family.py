@@ -19,7 +19,14 @@ from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.modelinfo import ModelFacts
 from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
 from humanaes.models.registry import (
-    LoadSettings, ModelEntry, ModelFamily, ModelIdentity, Resolved, register_family, resolve, resolve_hub,
+    LoadSettings,
+    ModelEntry,
+    ModelFamily,
+    ModelIdentity,
+    Resolved,
+    register_family,
+    resolve,
+    resolve_hub,
 )
 
 if TYPE_CHECKING:

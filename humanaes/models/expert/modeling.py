@@ -22,8 +22,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.activations import ACT2FN
 from transformers.models.internvl import InternVLVisionConfig, InternVLVisionModel
 
-from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import ConfigError
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.models.heads import ExpertHead, MetaVoter, RegressionHead
 from humanaes.schema import LEVELS
 

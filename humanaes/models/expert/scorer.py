@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from humanaes.scorer import BaseScorer
-from humanaes.models.expert.config import HumanAesConfig
 from humanaes.errors import HumanAesError
+from humanaes.models.expert import processing as preprocessing
 from humanaes.models.expert.batching import left_pad, positions_from_mask  # noqa: F401 - also importable from here, as before
+from humanaes.models.expert.config import HumanAesConfig
 from humanaes.models.expert.generation import Decoding, generate_tokens
 from humanaes.models.expert.modeling import HumanAesExpertModel
-from humanaes.models.expert import processing as preprocessing
+from humanaes.models.expert.options import DEFAULT_MAX_NEW_TOKENS, SAMPLING_OPTIONS, ExpertOptions  # noqa: F401 - importable from here too
 from humanaes.models.expert.prompts import (
     DEFAULT_EXPERT_QUESTION,
     DEFAULT_GENERAL_QUESTION,
@@ -37,9 +37,8 @@ from humanaes.models.expert.prompts import (
     common_prefix_length,
     get_template,
 )
-from humanaes.models.expert.options import DEFAULT_MAX_NEW_TOKENS, SAMPLING_OPTIONS, ExpertOptions  # noqa: F401 - importable from here too
 from humanaes.schema import DIMENSIONS, LEVELS, OVERALL, ScoreResult
-
+from humanaes.scorer import BaseScorer
 
 
 class HumanAesScorer(BaseScorer):

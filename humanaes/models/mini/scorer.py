@@ -16,9 +16,16 @@ from PIL import Image
 from humanaes.errors import CheckpointError, HumanAesError
 from humanaes.io.images import ImageSource
 from humanaes.models.mini.modeling import FaceBranch, HumanAesMini, MiniEnsemble
-from humanaes.models.mini.processing import MiniPreprocessor, open_for_size, prepare_image, resize_center_crop
-from humanaes.models.mini.weights import BUNDLED_NAME, META_FILE, WEIGHTS_FILE, load_mini_model, load_model, save_bundled
 from humanaes.models.mini.options import MiniOptions
+from humanaes.models.mini.processing import MiniPreprocessor, open_for_size, prepare_image, resize_center_crop
+from humanaes.models.mini.weights import (
+    BUNDLED_NAME,
+    META_FILE,
+    WEIGHTS_FILE,
+    load_mini_model,
+    load_model,
+    save_bundled,
+)
 from humanaes.options import ScoreOptions
 from humanaes.runtime import resolve_compute_dtype
 from humanaes.schema import OVERALL, ScoreResult
@@ -80,6 +87,7 @@ class BundledScorer(BaseScorer):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info.update(
+            kind="bundled",
             description=DESCRIPTION,
             backbone="+".join(getattr(self.model, "backbones", [self.config.backbone])),
             input_size=self.config.input_size,
