@@ -535,7 +535,7 @@ def test_importing_the_decoder_loads_no_writers_tables_or_models():
                           env={**__import__("os").environ, "PYTHONPATH": str(root)}, check=True)
     assert json.loads(proc.stdout) == [
         "humanaes._moved", "humanaes.errors", "humanaes.fsutil", "humanaes.io", "humanaes.io.discovery",
-        "humanaes.io.images", "humanaes.io.keys", "humanaes.schema",
+        "humanaes.io.images", "humanaes.io.keys", "humanaes.options", "humanaes.schema",
     ]
 
 
