@@ -62,6 +62,11 @@ class ScoreOptions:
         client=False,
     )
 
+    def check_mode(self, mode: str) -> None:
+        """Refuse settings that would have no effect in `mode` (HumanAesError), so that none is
+        silently ignored; e.g. sampling settings in a mode that writes no text. An options class
+        whose settings apply to some modes only overrides this."""
+
 
 @dataclass(frozen=True)
 class _Kind:

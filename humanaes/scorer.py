@@ -110,7 +110,9 @@ class BaseScorer(abc.ABC):
         mode = self.check_mode(mode)
         if batch_size < 1:
             raise HumanAesError(f"batch_size must be at least 1, got {batch_size}")
-        return self._iterate(images, mode, batch_size, names, self.parse_options(**options))
+        typed = self.parse_options(**options)
+        typed.check_mode(mode)
+        return self._iterate(images, mode, batch_size, names, typed)
 
     def _iterate(
         self, images: Iterable[ImageSource], mode: str, batch_size: int, names: Sequence[str] | None, options: ScoreOptions
@@ -171,6 +173,7 @@ class BaseScorer(abc.ABC):
             raise HumanAesError(f"{len(prepared)} prepared inputs but {len(names)} names")
         mode = self.check_mode(mode)
         typed = self.parse_options(**options)
+        typed.check_mode(mode)
         if not prepared:
             return []
         return self._score_ready([(i, n, p) for i, (n, p) in enumerate(zip(names, prepared))], mode, model_options(typed))

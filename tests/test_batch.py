@@ -685,3 +685,17 @@ def test_ray_serve_deployment_scores_over_http_and_sheds_load(tmp_path: Path, no
             serve.shutdown()
         ray.shutdown()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sampling_settings_without_annotation_are_refused_before_the_job(tmp_path: Path) -> None:
+    """-o do_sample=true with a mode that writes no annotation is refused when the job is set up
+    (its record), not batch after batch in the model actors."""
+    from humanaes.distributed.runner import BatchConfig, job_spec
+
+    config = BatchConfig(inputs=[str(tmp_path)], out=tmp_path / "job", model="humanaes-tiny", mode="fast",
+                         options={"do_sample": "true"})
+    with pytest.raises(HumanAesError, match="only applies to the annotation"):
+        job_spec(config)
+    annotate = BatchConfig(inputs=[str(tmp_path)], out=tmp_path / "job", model="humanaes-tiny", mode="annotate",
+                           options={"do_sample": "true", "seed": "4"})
+    assert job_spec(annotate).options["seed"] == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -390,3 +391,26 @@ def test_generation_options_are_published_and_refused_by_models_without_a_langua
     mini = humanaes.load("humanaes-mini", device="cpu")
     with pytest.raises(HumanAesError, match="option 'do_sample' not available with model 'humanaes-mini'"):
         mini.score([Image.new("RGB", (64, 64))], do_sample=True)
+
+
+def test_sampling_settings_in_a_mode_without_annotation_are_an_error(tmp_path):
+    """do_sample / temperature / seed shape only the annotation: in fast, expert or metavoter mode
+    they would be silently ignored, so the call (API and CLI) is refused before any image is read."""
+    from click.testing import CliRunner
+
+    from humanaes.cli import main
+
+    image = Path(__file__).resolve().parents[1] / "examples" / "astronaut.png"
+    scorer = humanaes.load("humanaes-tiny", device="cpu", threads=None)
+    for mode, options in (("fast", {"do_sample": True}), ("metavoter", {"do_sample": True, "seed": 3}),
+                          ("expert", {"do_sample": True, "temperature": 0.5})):
+        with pytest.raises(HumanAesError, match=f"only applies to the annotation.*mode '{mode}'"):
+            scorer.score([image], mode=mode, **options)
+        with pytest.raises(HumanAesError, match="only applies to the annotation"):
+            scorer.score_prepared_batch([], [], mode=mode, **options)
+    assert scorer.score([image], mode="annotate", max_new_tokens=4, do_sample=True, seed=1)[0].annotation is not None
+    out = tmp_path / "s.csv"
+    result = CliRunner().invoke(main, ["score", str(image), "--model", "humanaes-tiny", "--mode", "fast",
+                                       "-o", "do_sample=true", "--out", str(out)])
+    assert result.exit_code == 2 and "only applies to the annotation" in result.output
+    assert not out.exists() or out.read_text() == ""

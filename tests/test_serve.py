@@ -656,6 +656,8 @@ def test_a_humanaesexpert_model_over_http() -> None:
         info = httpx.get(f"{url}/v1/models").json()["models"][0]
         r = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"mode": "metavoter", "max_tiles": "2"})
         too_many = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"max_tiles": "100"})
+        # sampling settings in a mode that writes no annotation: refused at the door, not failed in the model
+        sampled_fast = httpx.post(f"{url}/v1/score", files=files(("p.jpg", photo)), data={"mode": "fast", "do_sample": "true"})
     assert [o["name"] for o in info["options"]] == ["apply_exif", "max_tiles", "max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed"]
     assert len(info["dimensions"]) == 12 and info["annotation"] is True and "metavoter" in info["modes"]
     assert r.status_code == 200, r.text
@@ -664,3 +666,4 @@ def test_a_humanaesexpert_model_over_http() -> None:
     assert got["expert"] == pytest.approx(want.expert, abs=1e-5) and len(got["expert"]) == 12
     assert got["level_probs"] == pytest.approx(want.level_probs, abs=1e-5)
     assert too_many.status_code == 422 and "'max_tiles' must be an integer >= 1 and <= 64" in too_many.json()["detail"]
+    assert sampled_fast.status_code == 422 and "only applies to the annotation" in sampled_fast.json()["detail"]

@@ -112,6 +112,8 @@ def job_spec(config: BatchConfig) -> jobdir.JobSpec:
 
     name, sha, default_mode, options_class = model_identity(config.model)
     parsed = parse_options(options_class, config.given_options(), owner=f"model {name!r}", from_text=True)
+    if (config.mode or default_mode) != "default":
+        parsed.check_mode((config.mode or default_mode).lower())  # refused before the job starts, not per batch
     return jobdir.JobSpec(model=name, model_sha256=sha, mode=(config.mode or default_mode).lower(),
                           options=dataclasses.asdict(parsed), dtype=config.dtype)
 

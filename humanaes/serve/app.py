@@ -420,6 +420,7 @@ async def _score(state: ServiceState, request: Request, start: float) -> Respons
             defaults={"apply_exif": scorer.apply_exif, "max_pixels": settings.max_pixels},
             owner=f"model {scorer.name!r}", from_text=from_text, client_only=True,
         )
+        options.check_mode(mode)
         futures = batcher.submit(images, mode, options)
     except BatcherClosed as exc:
         raise RequestRefused(503, str(exc)) from None

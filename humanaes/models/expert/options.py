@@ -64,6 +64,17 @@ class ExpertOptions(ScoreOptions):
                         f"option {name!r} only applies when sampling: set do_sample=true, or leave {name} unset for greedy decoding"
                     )
 
+    def check_mode(self, mode: str) -> None:
+        """Sampling settings only shape the annotation: set in a mode that writes none, they would
+        be silently ignored, so they are an error (max_new_tokens has a default and is not checked)."""
+        if mode in ("annotate", "all"):
+            return
+        given = [name for name in ("do_sample", *SAMPLING_OPTIONS) if getattr(self, name) not in (None, False)]
+        if given:
+            raise HumanAesError(
+                f"option {given[0]!r} only applies to the annotation (modes annotate and all); mode {mode!r} writes none"
+            )
+
     def decoding(self) -> Decoding:
         """The annotation's decoding settings."""
         from humanaes.models.expert.generation import Decoding
