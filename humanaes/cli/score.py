@@ -250,7 +250,6 @@ def _prepare_scorer(settings: ScoreSettings, output: "ResumableOutput") -> tuple
                           quiet=settings.quiet)
     mode = scorer.check_mode(settings.mode)
     options = settings.scoring_options(scorer)  # e.g. --max-tiles with a model that has no tiles
-    scorer.parse_options(**options).check_mode(mode)  # e.g. -o do_sample=true in fast mode
     output.check_mode(mode)
     model_name = str(getattr(scorer, "name", settings.model or "default"))
     if output.mixes_models(model_name):
