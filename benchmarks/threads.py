@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import repo_env, run_json_probe  # noqa: E402
+
 SHARED_IMAGES = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
 
 WORKER = """
@@ -60,14 +64,11 @@ def pick_images(count: int) -> list[str]:
 
 
 def run_worker(setting: str, images: list[str], passive: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = repo_env()
     env.pop("OMP_NUM_THREADS", None)  # the default must see the machine, not a cap from the caller
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    proc = subprocess.run([sys.executable, "-c", WORKER, setting, *images], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {setting} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_probe(WORKER, [setting, *images], f"worker {setting}", env)
 
 
 def main() -> None:
