@@ -47,6 +47,7 @@ from imagenet_init import load_imagenet_backbone  # noqa: E402  (recipes/, besid
 
 from humanaes.config_keys import check_keys  # noqa: E402
 from humanaes.errors import ConfigError, DataError  # noqa: E402
+from humanaes.evaluation.metrics import krcc, plcc, srcc  # noqa: E402
 from humanaes.models.mini.modeling import HumanAesMini, MiniConfig, MiniEnsemble  # noqa: E402
 from humanaes.models.mini.processing import load_prepared  # noqa: E402
 from humanaes.models.mini.scorer import load_bundled, save_bundled  # noqa: E402
@@ -266,36 +267,6 @@ class AugmentCollate:
 # -- metrics --------------------------------------------------------------------------------
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=np.float64)
-    sorted_a = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def _kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    iu = np.triu_indices(len(a), 1)
-    da, db = da[iu], db[iu]
-    s = float((da * db).sum())
-    n1, n2 = float((da != 0).sum()), float((db != 0).sum())
-    return s / math.sqrt(n1 * n2) if n1 and n2 else float("nan")
-
-
 def regression_metrics(pred: Any, target: Any) -> dict[str, float]:
     """Signed PLCC/SRCC/KRCC, true RMSE/MAE, 5-level accuracy and macro P/R/F1 on [0, 1],
     plus the official evaluation's variants (|corr|, "mse" = RMSE, "mae" = sqrt(MAE))."""
@@ -305,9 +276,9 @@ def regression_metrics(pred: Any, target: Any) -> dict[str, float]:
     out: dict[str, float] = {"n": float(n)}
     if n < 2:
         return out
-    out["plcc"] = _pearson(p, t)
-    out["srcc"] = _pearson(_rank(p), _rank(t))
-    out["krcc"] = _kendall_tau_b(p, t)
+    out["plcc"] = plcc(p, t)
+    out["srcc"] = srcc(p, t)
+    out["krcc"] = krcc(p, t)
     err = p - t
     out["rmse"] = float(np.sqrt(np.mean(err**2)))
     out["mae"] = float(np.mean(np.abs(err)))
