@@ -26,14 +26,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import repo_env  # noqa: E402
-
-PHOTOS = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+from benchmarks.common import DEFAULT_IMAGES, repo_env  # noqa: E402
 
 
 def pick_images(count: int, folder: Path) -> list[Path]:
     """The first `count` MEBeauty photos (repeated under new names via symlinks if fewer exist)."""
-    photos = sorted(PHOTOS.glob("*.jpg"))
+    photos = sorted(DEFAULT_IMAGES.glob("*.jpg"))
     if not photos:
         from PIL import Image
 

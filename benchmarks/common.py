@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
 _EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 

@@ -32,9 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import repo_env, run_json_probe  # noqa: E402
-
-SHARED_IMAGES = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+from benchmarks.common import DEFAULT_IMAGES, repo_env, run_json_probe  # noqa: E402
 
 WORKER = """
 import json, sys, time
@@ -56,7 +54,7 @@ BURNER = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhi
 
 
 def pick_images(count: int) -> list[str]:
-    photos = sorted(SHARED_IMAGES.glob("*.jpg"))[:count]
+    photos = sorted(DEFAULT_IMAGES.glob("*.jpg"))[:count]
     if len(photos) < count:  # no shared data: the examples, repeated
         examples = [REPO / "examples" / "astronaut.png", REPO / "examples" / "grace_hopper.jpg"]
         photos = [examples[i % 2] for i in range(count)]
