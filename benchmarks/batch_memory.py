@@ -24,12 +24,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHOTOS = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import DEFAULT_IMAGES, repo_env  # noqa: E402
 
 
 def pick_images(count: int, folder: Path) -> list[Path]:
     """The first `count` MEBeauty photos (repeated under new names via symlinks if fewer exist)."""
-    photos = sorted(PHOTOS.glob("*.jpg"))
+    photos = sorted(DEFAULT_IMAGES.glob("*.jpg"))
     if not photos:
         from PIL import Image
 
@@ -50,7 +52,7 @@ def run_once(images_dir: Path, batch_size: int, threads: int, workdir: Path) -> 
     out = workdir / f"bs{batch_size}.jsonl"
     cmd = [sys.executable, "-m", "humanaes.cli", "score", str(images_dir), "--out", str(out), "-q",
            "--batch-size", str(batch_size), "--threads", str(threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = repo_env()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,7 +16,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
 _EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -156,6 +160,22 @@ def scores_as_dict(r: Any) -> dict[str, Any]:
         "level_probs": r.level_probs,
         "expert": expert or None,
     }
+
+
+def repo_env() -> dict[str, str]:
+    """This process's environment with the repository first on PYTHONPATH: a fresh interpreter
+    started with it imports this checkout's humanaes and benchmarks."""
+    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_json_probe(code: str, args: list[str], what: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter (in the repository, `repo_env()` unless `env` is given)
+    and return the JSON object on its last line of output; exits naming `what` when it fails."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env or repo_env(),
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def env_threads() -> dict[str, str | None]:

@@ -25,6 +25,7 @@ from benchmarks.common import (
     StageTimer,
     keeps_torch_threads,
     max_abs_diff,
+    repo_env,
     scores_as_dict,
     select_images,
 )
@@ -99,8 +100,7 @@ def _load_run(kind: str, folder: Path, dtype: str, threads: int, score: Path | N
     cmd = [sys.executable, "-m", "benchmarks.load_worker", "--kind", kind, "--folder", str(folder), "--dtype", dtype, "--threads", str(threads)]
     if score is not None:
         cmd += ["--score", str(score), "--max-tiles", "12"]
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=repo_env(), check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"load worker failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")

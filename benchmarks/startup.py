@@ -28,6 +28,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import repo_env, run_json_probe  # noqa: E402
+
 EXAMPLES = [str(REPO / "examples" / "astronaut.png"), str(REPO / "examples" / "grace_hopper.jpg")]
 
 # Runs inside a fresh interpreter: times import, load and the first result of the Python API.
@@ -47,10 +51,6 @@ print(json.dumps({"import": t_import, "load": t_load - t_import, "first_result":
 """
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -60,7 +60,7 @@ def _wall(command: list[str]) -> tuple[float, float]:
     """(wall, CPU) seconds of one run. On a busy machine the wall time waits for other
     processes; the CPU time is close to what a quiet machine's wall time would be (1 thread)."""
     cpu, start = _children_cpu(), time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=REPO, env=repo_env(), capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -68,10 +68,7 @@ def _wall(command: list[str]) -> tuple[float, float]:
 
 
 def _api() -> dict:
-    proc = subprocess.run([sys.executable, "-c", API_PROBE, EXAMPLES[0]], cwd=REPO, env=_env(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"API probe failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_probe(API_PROBE, [EXAMPLES[0]], "API probe")
 
 
 def main() -> None:

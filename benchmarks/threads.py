@@ -30,7 +30,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_IMAGES = REPO.parent / "shared" / "data" / "HumanBeauty" / "HumanBeauty-58K" / "images"
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import DEFAULT_IMAGES, repo_env, run_json_probe  # noqa: E402
 
 WORKER = """
 import json, sys, time
@@ -52,7 +54,7 @@ BURNER = "import time\nend = time.time() + float(__import__('sys').argv[1])\nwhi
 
 
 def pick_images(count: int) -> list[str]:
-    photos = sorted(SHARED_IMAGES.glob("*.jpg"))[:count]
+    photos = sorted(DEFAULT_IMAGES.glob("*.jpg"))[:count]
     if len(photos) < count:  # no shared data: the examples, repeated
         examples = [REPO / "examples" / "astronaut.png", REPO / "examples" / "grace_hopper.jpg"]
         photos = [examples[i % 2] for i in range(count)]
@@ -60,14 +62,11 @@ def pick_images(count: int) -> list[str]:
 
 
 def run_worker(setting: str, images: list[str], passive: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = repo_env()
     env.pop("OMP_NUM_THREADS", None)  # the default must see the machine, not a cap from the caller
     if passive:
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    proc = subprocess.run([sys.executable, "-c", WORKER, setting, *images], env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {setting} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_probe(WORKER, [setting, *images], f"worker {setting}", env)
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -44,7 +45,9 @@ sys.path.insert(0, str(REPO))
 
 from imagenet_init import load_imagenet_backbone  # noqa: E402  (recipes/, beside this script)
 
+from humanaes.config_keys import check_keys  # noqa: E402
 from humanaes.errors import ConfigError, DataError  # noqa: E402
+from humanaes.evaluation.metrics import krcc, plcc, srcc  # noqa: E402
 from humanaes.models.mini.modeling import HumanAesMini, MiniConfig, MiniEnsemble  # noqa: E402
 from humanaes.models.mini.processing import load_prepared  # noqa: E402
 from humanaes.models.mini.scorer import load_bundled, save_bundled  # noqa: E402
@@ -112,34 +115,40 @@ class AugmentConfig:
 SECTIONS = {"data": DataConfig, "model": MiniConfig, "loss": LossConfig, "augment": AugmentConfig, "trainer": TrainerConfig}
 
 
-def _section(cls: type, data: dict[str, Any] | None, name: str) -> Any:
+def read_section(cls: type, data: dict[str, Any] | None, name: str) -> Any:
+    """Recipe section `name` as dataclass `cls` (lists become tuples); configs with their own
+    reader (MiniConfig, TrainerConfig) go through it. Unknown keys: config_keys' ConfigError."""
     data = dict(data or {})
     if cls in (MiniConfig, TrainerConfig):
         return cls.from_dict(data)
-    valid = sorted(f.name for f in dataclasses.fields(cls))
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r} in section {name!r}; valid keys: {', '.join(valid)}")
+    check_keys(cls, data, name)
     for key, value in data.items():
         if isinstance(value, list):
             data[key] = tuple(value)
     return cls(**data)
 
 
-def load_recipe(path: Path, overrides: list[str]) -> dict[str, Any]:
+def read_recipe(path: Path, overrides: list[str], sections: Iterable[str]) -> dict[str, Any]:
+    """The recipe file's top-level mapping with `--set section.key=value` overrides applied
+    (values parsed as YAML); a section not among `sections` is a ConfigError."""
+    import yaml
+
     raw = load_config_file(path)
     for item in overrides:  # --set trainer.epochs=1
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set {item!r}: use section.key=value")
         dotted, value = item.split("=", 1)
         section, key = dotted.split(".", 1)
-        import yaml
-
         raw.setdefault(section, {})[key] = yaml.safe_load(value)
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(set(raw) - set(sections))
     if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r} in {path}; valid sections: {', '.join(SECTIONS)}")
-    return {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+        raise ConfigError(f"unknown section {unknown[0]!r} in {path}; valid sections: {', '.join(sections)}")
+    return raw
+
+
+def load_recipe(path: Path, overrides: list[str]) -> dict[str, Any]:
+    raw = read_recipe(path, overrides, SECTIONS)
+    return {name: read_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -258,36 +267,6 @@ class AugmentCollate:
 # -- metrics --------------------------------------------------------------------------------
 
 
-def _rank(a: np.ndarray) -> np.ndarray:
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a), dtype=np.float64)
-    sorted_a = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return ranks
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
-def _kendall_tau_b(a: np.ndarray, b: np.ndarray) -> float:
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    iu = np.triu_indices(len(a), 1)
-    da, db = da[iu], db[iu]
-    s = float((da * db).sum())
-    n1, n2 = float((da != 0).sum()), float((db != 0).sum())
-    return s / math.sqrt(n1 * n2) if n1 and n2 else float("nan")
-
-
 def regression_metrics(pred: Any, target: Any) -> dict[str, float]:
     """Signed PLCC/SRCC/KRCC, true RMSE/MAE, 5-level accuracy and macro P/R/F1 on [0, 1],
     plus the official evaluation's variants (|corr|, "mse" = RMSE, "mae" = sqrt(MAE))."""
@@ -297,9 +276,9 @@ def regression_metrics(pred: Any, target: Any) -> dict[str, float]:
     out: dict[str, float] = {"n": float(n)}
     if n < 2:
         return out
-    out["plcc"] = _pearson(p, t)
-    out["srcc"] = _pearson(_rank(p), _rank(t))
-    out["krcc"] = _kendall_tau_b(p, t)
+    out["plcc"] = plcc(p, t)
+    out["srcc"] = srcc(p, t)
+    out["krcc"] = krcc(p, t)
     err = p - t
     out["rmse"] = float(np.sqrt(np.mean(err**2)))
     out["mae"] = float(np.mean(np.abs(err)))
@@ -417,7 +396,7 @@ def load_member(run_dir: Path, cfg: dict[str, Any]) -> tuple[HumanAesMini, dict[
     member_cfg = cfg
     if recipe_file.is_file():  # the run's own recipe (seed, backbone, ...) wins
         raw = json.loads(recipe_file.read_text())
-        member_cfg = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+        member_cfg = {name: read_section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
     weights = best / (EMA_FILE if (best / EMA_FILE).is_file() else MODEL_FILE)
     model = build_model(member_cfg, pretrained=False)
     model.load_state_dict(load_file(str(weights)))

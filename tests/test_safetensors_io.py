@@ -165,7 +165,7 @@ def test_every_loader_goes_through_the_validator(tmp_path):
     from humanaes.training import trainer
 
     with pytest.raises(CheckpointError, match="tensor 'w'"):
-        trainer._load_weights(bad)
+        trainer.load_weights(bad)
 
 
 def test_sharded_index_names_only_files_beside_it(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from humanaes.fsutil import atomic_write
 from humanaes.io.drawing import draw_text, load_font
 from humanaes.schema import LEVEL_CUT_POINTS, LEVELS
 
@@ -43,6 +44,15 @@ def _vertical_label(canvas: Image.Image, text: str, font, center: tuple[int, int
     draw_text(ImageDraw.Draw(tile), (4, 4), text, font, _BLACK + (255,), "lt")
     tile = tile.rotate(90, expand=True)
     canvas.paste(tile, (center[0] - tile.width // 2, center[1] - tile.height // 2), tile)
+
+
+def _finish(img: Image.Image, draw: ImageDraw.ImageDraw, path: str | os.PathLike, title: str, title_font,
+            subtitle: str, subtitle_font, *, subtitle_y: int) -> Path:
+    """Title (and subtitle, when given) centred at the top, then the PNG written atomically."""
+    _centered(draw, (img.width / 2, 18), title, title_font)
+    if subtitle:
+        _centered(draw, (img.width / 2, subtitle_y), subtitle, subtitle_font, fill=(70, 70, 70))
+    return atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def scatter_plot(
@@ -109,12 +119,7 @@ def scatter_plot(
         _centered(draw, (x, y - 9), level, f_small, fill=(110, 110, 110))
     _centered(draw, (margin_l + side / 2, margin_t + side + 42), "true score", f_label)
     _vertical_label(img, "predicted score", f_label, (18, int(margin_t + side / 2)))
-    _centered(draw, (size / 2, 18), title, f_title)
-    if subtitle:
-        _centered(draw, (size / 2, 38), subtitle, f_small, fill=(70, 70, 70))
-    path = Path(path)
-    img.save(path, format="PNG")
-    return path
+    return _finish(img, draw, path, title, f_title, subtitle, f_small, subtitle_y=38)
 
 
 def confusion_plot(
@@ -153,9 +158,4 @@ def confusion_plot(
     draw.rectangle([margin_l, margin_t, margin_l + k * cell, margin_t + k * cell], outline=_BLACK)
     _centered(draw, (margin_l + k * cell / 2, margin_t - 38), "predicted level", f_label)
     draw_text(draw, (8, margin_t - 14), "true level", f_label, _BLACK, "lm")
-    _centered(draw, (width / 2, 18), title, f_title)
-    if subtitle:
-        _centered(draw, (width / 2, 40), subtitle, f_small, fill=(70, 70, 70))
-    path = Path(path)
-    img.save(path, format="PNG")
-    return path
+    return _finish(img, draw, path, title, f_title, subtitle, f_small, subtitle_y=40)

@@ -419,7 +419,7 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
     """Stage 1 end to end: data, model, LoRA, trainer, export of the merged model."""
     from humanaes.data import load_samples
     from humanaes.models.expert.checkpoint import save_humanaes
-    from humanaes.training.trainer import Trainer, TrainerConfig
+    from humanaes.training.trainer import BEST_DIR, MODEL_FILE, Trainer, TrainerConfig
 
     tconfig = TrainerConfig.from_dict({**config.trainer, **({"resume_from": resume} if resume else {})})
     out_dir = Path(tconfig.output_dir)
@@ -457,15 +457,15 @@ def run_training(config: FinetuneConfig, *, resume: str | None = None) -> dict[s
             "or set trainer.metric_for_best=null"
         )
     trainer = Trainer(module, tconfig, dataset, collate_fn=make_collate(prompts.pad_id), eval_fn=eval_fn)
-    if getattr(trainer, "is_main_process", True):
+    if trainer.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(out_dir / "finetune_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         if holdout:
             _write_rows(out_dir / "metavoter_holdout.jsonl", holdout)
     summary = trainer.fit()
-    if getattr(trainer, "is_main_process", True):
-        best = out_dir / "best"
-        if tconfig.metric_for_best and (best / "model.safetensors").exists():
+    if trainer.is_main_process:
+        best = out_dir / BEST_DIR
+        if tconfig.metric_for_best and (best / MODEL_FILE).exists():
             trainer.load_checkpoint(best)
         final = save_humanaes(module.merge(), out_dir / "final", tokenizer=tokenizer)
         summary["final"] = str(final)

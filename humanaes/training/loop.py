@@ -260,7 +260,7 @@ class Trainer:
 
         Under DeepSpeed every rank must call it (each writes its optimizer partition); otherwise
         only rank 0 does."""
-        final = Path(path) if path is not None else self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+        final = Path(path) if path is not None else self._step_dir()
         state = {
             "step": self.step,
             "epoch": self.epoch,
@@ -334,12 +334,8 @@ class Trainer:
                     accum.append(terms)
                     if len(accum) < group:
                         continue
-                    try:
+                    with self._oom_as_error():
                         norm = self.engine.step(self.model, self.optimizer)
-                    except RuntimeError as exc:
-                        if is_oom(exc):
-                            raise TrainingOOMError(oom_message(cfg, self.step)) from None
-                        raise
                     if not self.engine.steps_scheduler:
                         self.scheduler.step()
                     self.step += 1
@@ -374,18 +370,14 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        final = self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
-        if self.engine.collective_checkpoints:  # every rank writes its part; rank 0 decides
-            if not self.engine.broadcast_object(final.exists()):
-                self.save_checkpoint()
-                if self.engine.is_main:
-                    self._prune()
-        elif self.engine.is_main and not final.exists():
-            self.save_checkpoint()
-            self._prune()
+        saved = self._step_dir().exists()  # the last step's checkpoint, unless the loop wrote it
+        if self.engine.collective_checkpoints:
+            saved = self.engine.broadcast_object(saved)  # rank 0 decides for every rank
+        if not saved:
+            self._save_step_checkpoint()
 
     def _micro_step(self, batch: Any, group: int, boundary: bool = True) -> dict[str, torch.Tensor]:
-        try:
+        with self._oom_as_error():
             batch = self.engine.to_device(batch)
             with self.engine.autocast():
                 out = self.model.compute_loss(batch)
@@ -398,10 +390,6 @@ class Trainer:
                     f"or use precision fp32"
                 )
             self.engine.backward(loss / group, boundary=boundary)
-        except RuntimeError as exc:
-            if is_oom(exc):
-                raise TrainingOOMError(oom_message(self.config, self.step)) from None
-            raise
         return {k: v.detach().float().mean() for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     def _maybe_eval_and_save(self, epoch_end: bool) -> None:
@@ -423,14 +411,29 @@ class Trainer:
             or (epoch_end and cfg.save_every_epochs and self.epoch % cfg.save_every_epochs == 0)
         )
         if do_save:
-            if self.engine.is_main or self.engine.collective_checkpoints:
-                self.save_checkpoint()
-            if self.engine.is_main:
-                self._prune()
+            self._save_step_checkpoint()
             self.engine.barrier()
 
-    def _prune(self) -> None:
-        prune_checkpoints(self.output_dir, self.config.keep_last)
+    def _step_dir(self) -> Path:
+        return self.output_dir / CHECKPOINT_DIR / f"step-{self.step:08d}"
+
+    def _save_step_checkpoint(self) -> None:
+        """This step's checkpoint (rank 0 alone, or every rank under DeepSpeed), then rank 0
+        prunes the old ones."""
+        if self.engine.is_main or self.engine.collective_checkpoints:
+            self.save_checkpoint()
+        if self.engine.is_main:
+            prune_checkpoints(self.output_dir, self.config.keep_last)
+
+    @contextlib.contextmanager
+    def _oom_as_error(self) -> Iterator[None]:
+        """torch's out-of-memory error -> TrainingOOMError saying what to lower."""
+        try:
+            yield
+        except RuntimeError as exc:
+            if is_oom(exc):
+                raise TrainingOOMError(oom_message(self.config, self.step)) from None
+            raise
 
     def _log(self, row: dict[str, Any]) -> None:
         row = {"step": self.step, "epoch": self.epoch, **row}

@@ -44,9 +44,6 @@ from humanaes.training.engine import (
 )
 from humanaes.training.loop import EpochSampler, EvalFn, Trainer
 
-# The name tests/test_safetensors_io.py reaches for (a checkpoint goes through the one validating reader).
-_load_weights = load_weights
-
 __all__ = [
     "BEST_DIR", "CHECKPOINT_DIR", "DEEPSPEED_DIR", "EMA", "EMA_FILE", "Engine", "EpochSampler", "EvalFn",
     "MODEL_FILE", "OPTIM_FILE", "PRECISIONS", "RNG_FILE", "STATE_FILE", "Trainer", "TrainerConfig",
