@@ -197,7 +197,7 @@ class CpuLoadProbe:
         if self._start is None or end is None or wall < self.MIN_WINDOW_S:
             return _load_average()
         busy = (end[0] - self._start[0]) - (_own_cpu_seconds() - self._own)
-        return max(0.0, min(busy / wall, float(len(self._cpus) if self._cpus else os.cpu_count() or 1)))
+        return max(0.0, min(busy / wall, float(usable_cpus())))
 
 
 def _load_average() -> float:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,17 @@ DATA = SHARED / "data" / "HumanBeauty"
 def _few_threads():
     # 2-core machines: keep each test process light and results reproducible.
     torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def bundled() -> Iterator[Any]:
+    """The bundled humanaes-mini in float32, loaded once per module, run on one CPU thread."""
+    from humanaes.models.mini import load_bundled
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_bundled(dtype="float32")
+    torch.set_num_threads(threads)
 
 
 def require(path: Path) -> Path:

@@ -448,6 +448,18 @@ def test_two_ids_for_one_name_are_refused(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "id 'x' names two different images" in result.output
 
 
+def test_forced_threads_are_not_lowered_by_the_automatic_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--threads N (an actor's threads) is N even where the automatic choice would give fewer."""
+    import torch
+
+    from humanaes import runtime
+    from humanaes.distributed.stages import BatchScorer
+
+    monkeypatch.setattr(runtime, "default_threads", lambda probe=None: 1)  # a busy node
+    BatchScorer(model=None, mode="fast", options={}, dtype="float32", threads=3)
+    assert torch.get_num_threads() == 3
+
+
 def test_local_engine_does_not_import_ray(tmp_path: Path) -> None:
     paths = _tiny_images(tmp_path / "imgs", 2)
     code = (

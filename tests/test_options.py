@@ -10,26 +10,17 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
-import torch
 from PIL import Image
 
 import humanaes
 from humanaes.errors import HumanAesError
 from humanaes.io.images import DEFAULT_MAX_PIXELS
 from humanaes.models.expert.scorer import ExpertOptions, HumanAesScorer
-from humanaes.models.mini import BundledScorer, load_bundled
+from humanaes.models.mini import BundledScorer
 from humanaes.models.mini.scorer import MiniOptions
 from humanaes.options import ScoreOptions, describe_options, model_options, option, options_json_schema, parse_options
 from humanaes.schema import ScoreResult
 from humanaes.scorer import BaseScorer
-
-
-@pytest.fixture(scope="module")
-def bundled() -> Iterator[BundledScorer]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_bundled(dtype="float32")
-    torch.set_num_threads(threads)
 
 
 class SizeScorer(BaseScorer):

@@ -27,28 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from humanaes.models.mini import BundledScorer, load_bundled  # noqa: E402
+from humanaes.models.mini import BundledScorer  # noqa: E402
 from humanaes.serve import ServeSettings, create_app  # noqa: E402
 from humanaes.serve import app as serve_app  # noqa: E402
 from humanaes.serve.settings import load_api_keys  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-
-
-@pytest.fixture(scope="module")
-def bundled() -> Iterator[BundledScorer]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_bundled(dtype="float32")
-    torch.set_num_threads(threads)
 
 
 class Recording:

@@ -435,6 +435,14 @@ def test_any_command_hitting_a_missing_extra_gets_one_line(monkeypatch: pytest.M
                                      "pip install 'humanaes[parquet]'")
 
 
+def test_serve_without_its_extra_gets_the_shared_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: `humanaes serve` needs uvicorn, which is not installed: "
+                                     "pip install 'humanaes[serve]'")
+
+
 def test_unknown_missing_modules_stay_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
     assert missing_extra_message("not_a_humanaes_extra", "x") is None
     monkeypatch.setitem(sys.modules, "yaml", None)

@@ -13,10 +13,7 @@ from typing import Any
 
 import click
 
-from humanaes.errors import HumanAesError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from humanaes.cli.score import DEVICES, DTYPES
 
 
 @click.command("serve")
@@ -55,15 +52,11 @@ def serve_command(
     Limits are per worker. SIGTERM (or Ctrl-C) stops accepting connections, finishes the requests
     in progress and the queued images, then exits. Logs carry no image bytes, names or scores.
     """
-    try:
-        import uvicorn
+    # Without the serve extra these imports fail; the CLI group names the extra to install.
+    import uvicorn
 
-        from humanaes.serve.app import create_app
-        from humanaes.serve.settings import ServeSettings, load_api_keys
-    except ModuleNotFoundError as exc:
-        raise HumanAesError(
-            f"humanaes serve needs the serve extra ({exc.name} is missing): pip install 'humanaes[serve]'"
-        ) from None
+    from humanaes.serve.app import create_app
+    from humanaes.serve.settings import ServeSettings, load_api_keys
 
     settings = ServeSettings(
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, max_upload_mb=max_upload_mb,

@@ -47,28 +47,10 @@ class InputItem:
     error: str | None = None
 
 
-def image_key(path: str | os.PathLike[str]) -> str:
-    """The key `humanaes score` records for a local image (its resume key)."""
+def _local_item(path: Path, item_id: str | None = None) -> InputItem:
     from humanaes import io as hio
 
-    key_fn = getattr(hio, "image_key", None)  # the robust key of the discovery rework, when present
-    if key_fn is not None:
-        return str(key_fn(Path(path)))
-    return _text(str(Path(path).resolve()))
-
-
-def _text(path: str) -> str:
-    # Arrow strings are UTF-8: a name that is not valid UTF-8 is shown with backslash escapes
-    # (the file itself is opened through `location`, the exact bytes).
-    try:
-        path.encode("utf-8")
-        return path
-    except UnicodeEncodeError:
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _local_item(path: Path, item_id: str | None = None) -> InputItem:
-    key = image_key(path)
+    key = hio.image_key(path)  # the key `humanaes score` records (its resume key)
     return InputItem(id=item_id if item_id is not None else key, path=key, location=os.fsencode(str(path.absolute())))
 
 
@@ -111,15 +93,9 @@ def _score_style_items(path: Path) -> list[InputItem]:
     """Files, folders and .txt manifests exactly as `humanaes score` discovers them."""
     from humanaes import io as hio
 
-    discover = getattr(hio, "discover_inputs", None)
-    if discover is not None:  # the discovery rework: keys and error items come from it
-        found = []
-        for d in discover([path]):
-            location = os.fsencode(os.fspath(d.path)) if getattr(d, "path", None) is not None else b""
-            found.append(InputItem(id=str(d.key), path=str(d.key), location=location,
-                                   error=getattr(d, "error", None)))
-        return found
-    return [_local_item(p) for p in hio.discover_images([path])]
+    # keys and error items (FIFOs, loops, missing manifest entries) come from score's discovery
+    return [InputItem(id=d.key, path=d.key, location=os.fsencode(d.path), error=d.error)
+            for d in hio.discover_inputs([path])]
 
 
 def _unique(items: Iterable[InputItem]) -> list[InputItem]:

@@ -94,27 +94,21 @@ class BatchSummary:
     seconds: float = 0.0
 
 
-def model_identity(model: str | None) -> tuple[str, str | None, str, type]:
-    """(canonical model name, weights sha256 when cheap to know, default mode, options class),
-    all without loading the model (the driver of a cluster job may have no GPU for it): the
-    model's family says (`humanaes.models.registry.model_identity`)."""
-    from humanaes.models.registry import model_identity as identity_of
-
-    identity = identity_of(model)
-    return identity.name, identity.weights_sha256, identity.default_mode, identity.options_class
-
-
 def job_spec(config: BatchConfig) -> jobdir.JobSpec:
-    """The job's record: every typed option of the model with its value (given or default)."""
+    """The job's record: every typed option of the model with its value (given or default),
+    all without loading the model (the driver of a cluster job may have no GPU for it)."""
     import dataclasses
 
+    from humanaes.models.registry import model_identity
     from humanaes.options import parse_options
 
-    name, sha, default_mode, options_class = model_identity(config.model)
-    parsed = parse_options(options_class, config.given_options(), owner=f"model {name!r}", from_text=True)
-    if (config.mode or default_mode) != "default":
-        parsed.check_mode((config.mode or default_mode).lower())  # refused before the job starts, not per batch
-    return jobdir.JobSpec(model=name, model_sha256=sha, mode=(config.mode or default_mode).lower(),
+    identity = model_identity(config.model)
+    mode = config.mode or identity.default_mode
+    parsed = parse_options(identity.options_class, config.given_options(), owner=f"model {identity.name!r}",
+                           from_text=True)
+    if mode != "default":
+        parsed.check_mode(mode.lower())  # refused before the job starts, not per batch
+    return jobdir.JobSpec(model=identity.name, model_sha256=identity.weights_sha256, mode=mode.lower(),
                           options=dataclasses.asdict(parsed), dtype=config.dtype)
 
 
@@ -142,15 +136,16 @@ def preprocess_kwargs(config: BatchConfig, kwargs: dict[str, Any]) -> dict[str, 
     """Arguments of the CPU stage `prepare_images` (the model's Preprocessor and the typed
     options), obtained without loading the model's heavy weights; None when the model has no
     preprocessor apart from its scorer (then the actors decode and prepare)."""
-    from humanaes.models.registry import load_preprocessor
+    from humanaes.models.registry import load_preprocessor, model_identity
     from humanaes.options import parse_options
 
     preprocessor = load_preprocessor(config.model)
     if preprocessor is None:
         return None
-    name, _, _, options_class = model_identity(config.model)
+    identity = model_identity(config.model)
     # as the actor's scorer parses them: humanaes.load's default is apply_exif=True
-    typed = parse_options(options_class, kwargs["options"], defaults={"apply_exif": True}, owner=f"model {name!r}")
+    typed = parse_options(identity.options_class, kwargs["options"], defaults={"apply_exif": True},
+                          owner=f"model {identity.name!r}")
     return {"preprocessor": preprocessor, "options": typed}
 
 

@@ -77,13 +77,7 @@ def _build_replica_app(model: str | None, settings_json: str | None, load_option
     import humanaes
     from humanaes.serve import ServeSettings, create_app
 
-    options = dict(load_options)
-    threads = options.pop("threads", None)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    scorer = humanaes.load(model, **options)
+    scorer = humanaes.load(model, **load_options)  # a "threads" option forces that many CPU threads
     settings = ServeSettings.from_json(settings_json) if settings_json else ServeSettings()
     return create_app(scorer, settings=settings)
 
@@ -99,7 +93,7 @@ def build_application(
     """A Ray Serve application serving `model` (None: the bundled one) with `humanaes.serve`'s app.
 
     settings: a `humanaes.serve.ServeSettings` (per-replica limits); replicas: how Serve runs
-    it; load_options: `humanaes.load` keywords (device, dtype) plus `threads`.
+    it; load_options: `humanaes.load` keywords (device, dtype, threads).
     """
     try:
         from ray import serve

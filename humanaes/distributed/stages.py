@@ -230,17 +230,11 @@ class BatchScorer:
         dtype: str = "auto",
         threads: int | None = None,
         fault: dict[str, Any] | None = None,
-        scorer: Any = None,
     ):
-        if threads:
-            import torch
+        import humanaes
 
-            torch.set_num_threads(threads)
-        if scorer is None:
-            import humanaes
-
-            scorer = humanaes.load(model, device=device, dtype=dtype)
-        self.scorer = scorer
+        # threads N forces N CPU threads; None: humanaes.load's choice from how busy the node is
+        self.scorer = scorer = humanaes.load(model, device=device, dtype=dtype, threads=threads or "auto")
         self.mode = scorer.check_mode(mode)
         scorer.parse_options(**options)  # an option this model cannot use fails here, not per batch
         self.options = dict(options)

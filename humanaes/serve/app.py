@@ -161,16 +161,10 @@ def _version() -> str:
 
 
 async def _load_in_background(state: ServiceState, model: str | None, load_options: dict[str, Any]) -> None:
-    threads = load_options.pop("threads", None)
-
     def load() -> Any:
         import humanaes
 
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(int(threads))
-        return humanaes.load(model, **load_options)
+        return humanaes.load(model, **load_options)  # a "threads" option forces that many CPU threads
 
     try:
         loaded = await asyncio.get_running_loop().run_in_executor(None, load)
