@@ -37,6 +37,15 @@ class Preprocessor:
         """`options`: the scorer's typed ScoreOptions (apply_exif, max_pixels, the family's own)."""
         raise NotImplementedError
 
+    def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+        """Decode one source to RGB with the decoding options (see `decode_source`)."""
+        return decode_source(source, name, options)
+
+
+def decode_source(source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+    """Decode one source to RGB: the one place that applies the decoding options (EXIF, pixel
+    limit), for scorers (`BaseScorer.decode`) and preprocessors (`Preprocessor.decode`) alike."""
+    return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
 
 
 class BaseScorer(abc.ABC):
@@ -130,9 +139,9 @@ class BaseScorer(abc.ABC):
     # -- subclass hooks -------------------------------------------------------------------
 
     def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
-        """Decode one source to RGB. The one place that applies the decoding options (EXIF,
-        pixel limit); a family may override it to open sources its own way, then call this."""
-        return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
+        """Decode one source to RGB (`decode_source`); a family may override it to open sources
+        its own way, then call this."""
+        return decode_source(source, name, options)
 
     @abc.abstractmethod
     def prepare(self, image: Image.Image, **options: Any) -> Any:
