@@ -78,6 +78,15 @@ class BaseScorer(abc.ABC):
             )
         return mode
 
+    def check_call(self, mode: str | None, **options: Any) -> tuple[str, ScoreOptions]:
+        """The mode and typed options of a scoring call, checked together before any image is
+        read: an unknown mode or option, an ill-typed value, or a setting that has no effect in
+        the mode (`ScoreOptions.check_mode`) is a HumanAesError."""
+        mode = self.check_mode(mode)
+        typed = self.parse_options(**options)
+        typed.check_mode(mode)
+        return mode, typed
+
     def parse_options(self, **values: Any) -> ScoreOptions:
         """Validate scoring options into this scorer's `options_class` (unset ones take their
         defaults). Raises HumanAesError naming an option this model cannot use or an ill-typed one."""
@@ -116,11 +125,9 @@ class BaseScorer(abc.ABC):
         """Yield results in input order, one batch at a time (for streaming writers).
 
         The mode, batch size and options are checked at the call, before any image is read."""
-        mode = self.check_mode(mode)
+        mode, typed = self.check_call(mode, **options)
         if batch_size < 1:
             raise HumanAesError(f"batch_size must be at least 1, got {batch_size}")
-        typed = self.parse_options(**options)
-        typed.check_mode(mode)
         return self._iterate(images, mode, batch_size, names, typed)
 
     def _iterate(
@@ -180,9 +187,7 @@ class BaseScorer(abc.ABC):
         the offending item becomes an error result, as in `score()`."""
         if len(prepared) != len(names):
             raise HumanAesError(f"{len(prepared)} prepared inputs but {len(names)} names")
-        mode = self.check_mode(mode)
-        typed = self.parse_options(**options)
-        typed.check_mode(mode)
+        mode, typed = self.check_call(mode, **options)
         if not prepared:
             return []
         return self._score_ready([(i, n, p) for i, (n, p) in enumerate(zip(names, prepared))], mode, model_options(typed))
