@@ -171,6 +171,12 @@ class BaseScorer(abc.ABC):
         them in its model actors). Families return one only while those hooks are their own."""
         return None
 
+    def _hooks_are_from(self, owner: type[BaseScorer]) -> bool:
+        """Whether this scorer's `decode` and `prepare` are still `owner`'s: a family's
+        `preprocessor()` returns its object only then (a subclass's own hooks run with it)."""
+        cls = type(self)
+        return cls.decode is owner.decode and cls.prepare is owner.prepare
+
     def prepare_source(self, source: ImageSource, name: str, options: ScoreOptions) -> Any:
         """Decode + prepare one source exactly as `score()` does (typed `options`); raises
         ImageLoadError / HumanAesError for a bad item."""
