@@ -140,7 +140,7 @@ class AutoModel:
         ignored: loading always streams the weights into an empty model, attention uses PyTorch's
         SDPA kernels, and no code from the checkpoint is ever run.
         """
-        from humanaes.models.registry import load_model
+        from humanaes.models.expert.family import load_expert_model
 
         _check_kwargs("AutoModel.from_pretrained", kwargs, IGNORED_MODEL_KWARGS)
         dtype = _as_torch_dtype(torch_dtype)
@@ -149,7 +149,7 @@ class AutoModel:
             if not torch.cuda.is_available():
                 raise HumanAesError(f"torch_dtype=torch.float16: {_NO_CUDA_FP16}")
             device = "cuda"
-        model, _ = load_model(pretrained_model_name_or_path, device=device, dtype=dtype)
+        model, _ = load_expert_model(pretrained_model_name_or_path, device=device, dtype=dtype)
         return CompatModel(model, name=Path(os.fspath(pretrained_model_name_or_path)).name)
 
 
