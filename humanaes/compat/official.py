@@ -110,16 +110,13 @@ class AutoTokenizer:
         """
         from humanaes.models.expert.checkpoint import detect_format
         from humanaes.models.expert.config import HumanAesConfig
-        from humanaes.models.expert.tokenization import PACKAGED_PREFIX, load_tokenizer
+        from humanaes.models.expert.tokenization import load_tokenizer
 
         _check_kwargs("AutoTokenizer.from_pretrained", kwargs, IGNORED_TOKENIZER_KWARGS)
         folder = _model_folder(pretrained_model_name_or_path)
-        source: str | Path = folder
         if detect_format(folder) == "humanaes":
-            packaged = HumanAesConfig.load(folder / "config.json").tokenizer
-            if packaged and str(packaged).startswith(PACKAGED_PREFIX):
-                source = packaged
-        return load_tokenizer(source)
+            return load_tokenizer(HumanAesConfig.load(folder / "config.json").tokenizer_source(folder))
+        return load_tokenizer(folder)
 
 
 class AutoModel:

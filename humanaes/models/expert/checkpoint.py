@@ -194,8 +194,7 @@ def load_humanaes(
     folder: Path, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
 ) -> tuple[HumanAesExpertModel, HumanAesConfig]:
     config = HumanAesConfig.load(folder / "config.json")
-    if config.tokenizer is None or not str(config.tokenizer).startswith("packaged:"):
-        config.tokenizer = str(folder)
+    config.tokenizer = config.tokenizer_source(folder)
     model = build_empty(config, attn_implementation)
     state = dict(iter_tensors(weight_files(folder), dtype))
     fill(model, state, str(folder))
@@ -229,6 +228,6 @@ def _write_humanaes(model: HumanAesExpertModel, tmp: Path, tokenizer: Any) -> No
     saved_config.torch_dtype = str(model.dtype).replace("torch.", "")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-        if saved_config.tokenizer is None or not str(saved_config.tokenizer).startswith("packaged:"):
+        if not saved_config.packaged_tokenizer:
             saved_config.tokenizer = None  # the tokenizer lives beside the weights
     saved_config.save(tmp / "config.json")
