@@ -37,6 +37,15 @@ class Preprocessor:
         """`options`: the scorer's typed ScoreOptions (apply_exif, max_pixels, the family's own)."""
         raise NotImplementedError
 
+    def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+        """Decode one source to RGB with the decoding options (see `decode_source`)."""
+        return decode_source(source, name, options)
+
+
+def decode_source(source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
+    """Decode one source to RGB: the one place that applies the decoding options (EXIF, pixel
+    limit), for scorers (`BaseScorer.decode`) and preprocessors (`Preprocessor.decode`) alike."""
+    return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
 
 
 class BaseScorer(abc.ABC):
@@ -68,6 +77,15 @@ class BaseScorer(abc.ABC):
                 f"(it supports: {', '.join(self.supported_modes)}); {use}"
             )
         return mode
+
+    def check_call(self, mode: str | None, **options: Any) -> tuple[str, ScoreOptions]:
+        """The mode and typed options of a scoring call, checked together before any image is
+        read: an unknown mode or option, an ill-typed value, or a setting that has no effect in
+        the mode (`ScoreOptions.check_mode`) is a HumanAesError."""
+        mode = self.check_mode(mode)
+        typed = self.parse_options(**options)
+        typed.check_mode(mode)
+        return mode, typed
 
     def parse_options(self, **values: Any) -> ScoreOptions:
         """Validate scoring options into this scorer's `options_class` (unset ones take their
@@ -107,11 +125,9 @@ class BaseScorer(abc.ABC):
         """Yield results in input order, one batch at a time (for streaming writers).
 
         The mode, batch size and options are checked at the call, before any image is read."""
-        mode = self.check_mode(mode)
+        mode, typed = self.check_call(mode, **options)
         if batch_size < 1:
             raise HumanAesError(f"batch_size must be at least 1, got {batch_size}")
-        typed = self.parse_options(**options)
-        typed.check_mode(mode)
         return self._iterate(images, mode, batch_size, names, typed)
 
     def _iterate(
@@ -130,9 +146,9 @@ class BaseScorer(abc.ABC):
     # -- subclass hooks -------------------------------------------------------------------
 
     def decode(self, source: ImageSource, name: str, options: ScoreOptions) -> Image.Image:
-        """Decode one source to RGB. The one place that applies the decoding options (EXIF,
-        pixel limit); a family may override it to open sources its own way, then call this."""
-        return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
+        """Decode one source to RGB (`decode_source`); a family may override it to open sources
+        its own way, then call this."""
+        return decode_source(source, name, options)
 
     @abc.abstractmethod
     def prepare(self, image: Image.Image, **options: Any) -> Any:
@@ -155,6 +171,12 @@ class BaseScorer(abc.ABC):
         them in its model actors). Families return one only while those hooks are their own."""
         return None
 
+    def _hooks_are_from(self, owner: type[BaseScorer]) -> bool:
+        """Whether this scorer's `decode` and `prepare` are still `owner`'s: a family's
+        `preprocessor()` returns its object only then (a subclass's own hooks run with it)."""
+        cls = type(self)
+        return cls.decode is owner.decode and cls.prepare is owner.prepare
+
     def prepare_source(self, source: ImageSource, name: str, options: ScoreOptions) -> Any:
         """Decode + prepare one source exactly as `score()` does (typed `options`); raises
         ImageLoadError / HumanAesError for a bad item."""
@@ -171,9 +193,7 @@ class BaseScorer(abc.ABC):
         the offending item becomes an error result, as in `score()`."""
         if len(prepared) != len(names):
             raise HumanAesError(f"{len(prepared)} prepared inputs but {len(names)} names")
-        mode = self.check_mode(mode)
-        typed = self.parse_options(**options)
-        typed.check_mode(mode)
+        mode, typed = self.check_call(mode, **options)
         if not prepared:
             return []
         return self._score_ready([(i, n, p) for i, (n, p) in enumerate(zip(names, prepared))], mode, model_options(typed))

@@ -110,16 +110,13 @@ class AutoTokenizer:
         """
         from humanaes.models.expert.checkpoint import detect_format
         from humanaes.models.expert.config import HumanAesConfig
-        from humanaes.models.expert.tokenization import PACKAGED_PREFIX, load_tokenizer
+        from humanaes.models.expert.tokenization import load_tokenizer
 
         _check_kwargs("AutoTokenizer.from_pretrained", kwargs, IGNORED_TOKENIZER_KWARGS)
         folder = _model_folder(pretrained_model_name_or_path)
-        source: str | Path = folder
         if detect_format(folder) == "humanaes":
-            packaged = HumanAesConfig.load(folder / "config.json").tokenizer
-            if packaged and str(packaged).startswith(PACKAGED_PREFIX):
-                source = packaged
-        return load_tokenizer(source)
+            return load_tokenizer(HumanAesConfig.load(folder / "config.json").tokenizer_source(folder))
+        return load_tokenizer(folder)
 
 
 class AutoModel:
@@ -140,7 +137,7 @@ class AutoModel:
         ignored: loading always streams the weights into an empty model, attention uses PyTorch's
         SDPA kernels, and no code from the checkpoint is ever run.
         """
-        from humanaes.models.registry import load_model
+        from humanaes.models.expert.family import load_expert_model
 
         _check_kwargs("AutoModel.from_pretrained", kwargs, IGNORED_MODEL_KWARGS)
         dtype = _as_torch_dtype(torch_dtype)
@@ -149,7 +146,7 @@ class AutoModel:
             if not torch.cuda.is_available():
                 raise HumanAesError(f"torch_dtype=torch.float16: {_NO_CUDA_FP16}")
             device = "cuda"
-        model, _ = load_model(pretrained_model_name_or_path, device=device, dtype=dtype)
+        model, _ = load_expert_model(pretrained_model_name_or_path, device=device, dtype=dtype)
         return CompatModel(model, name=Path(os.fspath(pretrained_model_name_or_path)).name)
 
 

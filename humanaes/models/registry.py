@@ -78,6 +78,12 @@ class Resolved:
     #: a local folder (given, or a hub repo's snapshot) that the family claimed
     folder: Path | None = None
 
+    @property
+    def identity_name(self) -> str:
+        """The name a job records (`ModelIdentity.name`): the model name, or the folder's
+        absolute path (a resume from elsewhere still matches), else the argument as given."""
+        return str(self.folder.absolute()) if self.folder is not None else (self.name or self.source)
+
 
 @dataclass(frozen=True)
 class LoadSettings:
@@ -134,7 +140,7 @@ class ModelFamily:
     #: the typed options of its scorers (a light `humanaes.options.ScoreOptions` subclass: no torch)
     options_class: Callable[[], type] | None = None
     #: the model's identity without loading its weights (default: the name or folder, no checksum,
-    #: mode "default", the base ScoreOptions)
+    #: mode "default", the family's `options_class`, else the base ScoreOptions)
     identity: Callable[[Resolved], ModelIdentity] | None = None
     #: whether Hugging Face repo ids name models of this family (a repo not fetched yet is taken
     #: to be one of them when only its identity is needed)
@@ -236,12 +242,13 @@ def model_identity(name_or_path: str | os.PathLike | None) -> ModelIdentity:
         if hub_family is None or not _looks_like_hub_id(source):
             raise
         resolved = Resolved(hub_family, source)
-    if resolved.family.identity is not None:
-        return resolved.family.identity(resolved)
+    family = resolved.family
+    if family.identity is not None:
+        return family.identity(resolved)
     from humanaes.options import ScoreOptions
 
-    name = str(resolved.folder.absolute()) if resolved.folder is not None else (resolved.name or resolved.source)
-    return ModelIdentity(name, None, "default", ScoreOptions)
+    options_class = family.options_class() if family.options_class is not None else ScoreOptions
+    return ModelIdentity(resolved.identity_name, None, "default", options_class)
 
 
 def _folder_family(path: Path, found: list[ModelFamily]) -> ModelFamily:

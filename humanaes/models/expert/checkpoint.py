@@ -10,7 +10,6 @@ Models are built on the meta device and the checkpoint's tensors are assigned in
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from safetensors.torch import save_file
 
 from humanaes.errors import CheckpointError, ModelNotFoundError
-from humanaes.fsutil import publish_dir
+from humanaes.fsutil import publish_dir, staging_dir
 from humanaes.models.expert.config import FORMAT_NAME, HumanAesConfig
 from humanaes.models.expert.convert import config_from_internvl_chat, convert_state_dict
 from humanaes.models.expert.modeling import HumanAesExpertModel
@@ -195,8 +194,7 @@ def load_humanaes(
     folder: Path, dtype: torch.dtype | None = None, attn_implementation: str = "sdpa"
 ) -> tuple[HumanAesExpertModel, HumanAesConfig]:
     config = HumanAesConfig.load(folder / "config.json")
-    if config.tokenizer is None or not str(config.tokenizer).startswith("packaged:"):
-        config.tokenizer = str(folder)
+    config.tokenizer = config.tokenizer_source(folder)
     model = build_empty(config, attn_implementation)
     state = dict(iter_tensors(weight_files(folder), dtype))
     fill(model, state, str(folder))
@@ -206,10 +204,16 @@ def load_humanaes(
 
 def save_humanaes(model: HumanAesExpertModel, folder: str | Path, tokenizer: Any = None) -> Path:
     """Save in our format. Written into a temporary folder and renamed, so an interrupted save
-    never leaves a folder that looks complete."""
+    never leaves a folder that looks complete (nor, on an error, the temporary one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    with staging_dir(folder) as tmp:
+        _write_humanaes(model, tmp, tokenizer)
+        return publish_dir(tmp, folder)
+
+
+def _write_humanaes(model: HumanAesExpertModel, tmp: Path, tokenizer: Any) -> None:
+    """Write the weights, the config and (given one) the tokenizer into the staging folder `tmp`."""
     config = model.config
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     # Views into one storage (e.g. split qkv) cannot be saved as separate safetensors entries.
@@ -224,7 +228,6 @@ def save_humanaes(model: HumanAesExpertModel, folder: str | Path, tokenizer: Any
     saved_config.torch_dtype = str(model.dtype).replace("torch.", "")
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
-        if saved_config.tokenizer is None or not str(saved_config.tokenizer).startswith("packaged:"):
+        if not saved_config.packaged_tokenizer:
             saved_config.tokenizer = None  # the tokenizer lives beside the weights
     saved_config.save(tmp / "config.json")
-    return publish_dir(tmp, folder)

@@ -20,6 +20,8 @@ from humanaes.schema import LEVEL_CENTRES
 
 FORMAT_NAME = "humanaes"
 FORMAT_VERSION = 1
+#: `HumanAesConfig.tokenizer` of a tokenizer shipped in humanaes (presets/tokenizers/<name>)
+PACKAGED_PREFIX = "packaged:"
 
 
 @dataclass
@@ -76,6 +78,16 @@ class HumanAesConfig:
     @property
     def hidden_size(self) -> int:
         return int(self.llm["hidden_size"])
+
+    @property
+    def packaged_tokenizer(self) -> bool:
+        """Whether the tokenizer is one shipped in humanaes ("packaged:<name>"), not a checkpoint's own."""
+        return self.tokenizer is not None and str(self.tokenizer).startswith(PACKAGED_PREFIX)
+
+    def tokenizer_source(self, folder: str | Path) -> str:
+        """Where a checkpoint in `folder` loads its tokenizer from: the packaged one it names,
+        else `folder` itself (the tokenizer files live beside the weights)."""
+        return str(self.tokenizer) if self.packaged_tokenizer else str(folder)
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from humanaes.models.registry import (
     LoadSettings,
     ModelEntry,
     ModelFamily,
-    ModelIdentity,
     Resolved,
     register_family,
     resolve,
@@ -218,15 +217,6 @@ def load_scorer(resolved: Resolved, settings: LoadSettings) -> HumanAesScorer:
     return HumanAesScorer(model, tokenizer, name=name)
 
 
-def expert_identity(resolved: Resolved) -> ModelIdentity:
-    """Name (a preset's, a folder's absolute path or the hub id) and the scorer's typed options;
-    the default mode depends on the checkpoint's trained heads, so it is "default" here."""
-    from humanaes.models.expert.options import ExpertOptions
-
-    name = str(resolved.folder.absolute()) if resolved.folder is not None else (resolved.name or resolved.source)
-    return ModelIdentity(name, None, "default", ExpertOptions)
-
-
 def expert_options() -> type:
     from humanaes.models.expert.options import ExpertOptions
 
@@ -281,7 +271,8 @@ EXPERT_FAMILY = register_family(ModelFamily(
     create=create_expert_model,
     save=save_expert,
     facts=expert_facts,
-    identity=expert_identity,
+    # identity: the registry's default (a preset's name, a folder's absolute path or the hub id, and
+    # ExpertOptions); the default mode depends on the checkpoint's trained heads, so it is "default"
     options_class=expert_options,
     hub_repos=True,
     folders_shadow_names=True,  # a checkpoint saved as ./humanaes-tiny loads, not the preset

@@ -216,5 +216,4 @@ class TilePreprocessor(Preprocessor):
                                 tile_size=self.tile_size, use_thumbnail=self.use_thumbnail)
 
     def __call__(self, source: ImageSource, name: str, options: Any) -> torch.Tensor:
-        image = load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
-        return self.prepare(image, getattr(options, "max_tiles", None))
+        return self.prepare(self.decode(source, name, options), getattr(options, "max_tiles", None))

@@ -87,7 +87,7 @@ class HumanAesScorer(BaseScorer):
     def preprocessor(self) -> preprocessing.TilePreprocessor | None:
         """The tiling settings of this model's config (None when a subclass brings its own
         `decode` / `prepare`: those run with the scorer)."""
-        if type(self).prepare is not HumanAesScorer.prepare or type(self).decode is not BaseScorer.decode:
+        if not self._hooks_are_from(HumanAesScorer):
             return None
         return preprocessing.TilePreprocessor.from_config(self.config)
 

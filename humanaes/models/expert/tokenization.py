@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from humanaes.errors import CheckpointError
+from humanaes.models.expert.config import PACKAGED_PREFIX
 
-PACKAGED_PREFIX = "packaged:"
 SPECIAL_TOKENS_NEEDED = ("<img>", "</img>", "<IMG_CONTEXT>")
 
 

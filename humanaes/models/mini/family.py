@@ -94,11 +94,11 @@ def mini_identity(resolved: Resolved) -> ModelIdentity:
     from humanaes.models.mini.scorer import BundledScorer
 
     if resolved.folder is None:
-        name, meta = BUNDLED_NAME, bundled_metadata()
+        meta = bundled_metadata()
     else:
-        name = str(resolved.folder.absolute())
         meta = json.loads((resolved.folder / META_FILE).read_text(encoding="utf-8"))
-    return ModelIdentity(name, meta.get("weights_sha256"), BundledScorer.default_mode, BundledScorer.options_class)
+    return ModelIdentity(resolved.identity_name, meta.get("weights_sha256"), BundledScorer.default_mode,
+                         BundledScorer.options_class)
 
 
 def mini_options() -> type:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -77,23 +77,9 @@ class MobileNetV2(nn.Module):
     def __init__(self, feature_dim: int = 1280):
         super().__init__()
         self.stem = ConvBN(3, 32, 3, 2)
-        blocks: list[nn.Module] = []
-        cin = 32
-        for t, c, n, s in MOBILENET_V2_SETTINGS:
-            for i in range(n):
-                blocks.append(InvertedResidual(cin, c, 3, s if i == 0 else 1, t, ConvBN))
-                cin = c
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, cin = _inverted_residual_blocks(((3, s, t, c, n) for t, c, n, s in MOBILENET_V2_SETTINGS), ConvBN)
         self.head = ConvBN(cin, feature_dim, 1)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
@@ -167,18 +153,35 @@ class EfficientNetLite0(nn.Module):
     def __init__(self, feature_dim: int = 1280):
         super().__init__()
         self.stem = SameConvBN(3, 32, 3, 2)
-        blocks: list[nn.Module] = []
-        cin = 32
-        for k, s, e, c, n in EFFICIENTNET_LITE0_SETTINGS:
-            for i in range(n):
-                blocks.append(InvertedResidual(cin, c, k, s if i == 0 else 1, e, SameConvBN))
-                cin = c
-        self.blocks = nn.Sequential(*blocks)
+        self.blocks, cin = _inverted_residual_blocks(EFFICIENTNET_LITE0_SETTINGS, SameConvBN)
         self.head = SameConvBN(cin, feature_dim, 1)
-        MobileNetV2.reset_parameters(self)  # type: ignore[arg-type]
+        _init_conv_bn(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.blocks(self.stem(x)))
+
+
+def _inverted_residual_blocks(
+    stages: Iterable[tuple[int, int, int, int, int]], conv_bn: ConvBNLayer, cin: int = 32
+) -> tuple[nn.Sequential, int]:
+    """The blocks of (kernel, first stride, expansion, output channels, repeats) stages after a
+    `cin`-channel stem, and their output channels (the stride applies to a stage's first block)."""
+    blocks: list[nn.Module] = []
+    for kernel, stride, expansion, cout, repeats in stages:
+        for i in range(repeats):
+            blocks.append(InvertedResidual(cin, cout, kernel, stride if i == 0 else 1, expansion, conv_bn))
+            cin = cout
+    return nn.Sequential(*blocks), cin
+
+
+def _init_conv_bn(net: nn.Module) -> None:
+    """Random initialisation of a backbone's convolutions (Kaiming, fan-out) and BatchNorms."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 # -- model ---------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ class MiniPreprocessor(Preprocessor):
         if self.fast_decode:
             source = open_for_size(source, self.input_size, self.crop_fraction, self.min_decode_side,
                                    max_pixels=options.max_pixels)
-        return load_image(source, apply_exif=options.apply_exif, max_pixels=options.max_pixels, name=name)
+        return super().decode(source, name, options)
 
     def prepare(self, image: Image.Image, use_face: bool | None = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         whole = prepare_image(image, self.input_size, self.crop_fraction)

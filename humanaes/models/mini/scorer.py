@@ -104,7 +104,7 @@ class BundledScorer(BaseScorer):
 
     def preprocessor(self) -> MiniPreprocessor | None:
         """Decode + prepare apart from the CNNs (None when a subclass brings its own hooks)."""
-        if type(self).prepare is not BundledScorer.prepare or type(self).decode is not BundledScorer.decode:
+        if not self._hooks_are_from(BundledScorer):
             return None
         return self._preprocessor
 

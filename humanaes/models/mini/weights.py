@@ -29,11 +29,9 @@ import torch
 from humanaes.errors import CheckpointError, ModelNotFoundError
 from humanaes.fsutil import atomic_write
 from humanaes.models.mini.config import FaceConfig, MiniConfig
+from humanaes.models.mini.family import BUNDLED_NAME, META_FILE, WEIGHTS_FILE
 from humanaes.models.mini.modeling import FaceBranch, HumanAesMini, MiniEnsemble
 
-BUNDLED_NAME = "humanaes-mini"
-WEIGHTS_FILE = f"{BUNDLED_NAME}.safetensors"
-META_FILE = f"{BUNDLED_NAME}.json"
 FORMAT = "humanaes-mini"
 FORMAT_VERSION = 3
 
