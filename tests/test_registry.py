@@ -454,3 +454,19 @@ def test_models_json_publishes_each_model_s_typed_options() -> None:
     assert rows["humanaes-tiny"]["options"] == tiny.options_schema()
     assert {"do_sample", "seed", "max_tiles"} <= {o["name"] for o in rows["humanaes-1b"]["options"]}
     assert "max_tiles" not in {o["name"] for o in rows["humanaes-mini"]["options"]}
+
+
+def test_a_damaged_mini_folder_is_a_clear_error_before_a_batch_job(tmp_path: Path) -> None:
+    """`humanaes batch` asks the identity first: a damaged metadata file is one CheckpointError line."""
+    from humanaes.errors import CheckpointError
+    from humanaes.models.registry import model_identity
+
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    (folder / "humanaes-mini.json").write_text("{not json", encoding="utf-8")
+    (folder / "humanaes-mini.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="humanaes-mini.json cannot be read as the model's metadata"):
+        model_identity(folder)
+    (folder / "humanaes-mini.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="is not the model's metadata"):
+        model_identity(folder)

@@ -96,7 +96,13 @@ def mini_identity(resolved: Resolved) -> ModelIdentity:
     if resolved.folder is None:
         meta = bundled_metadata()
     else:
-        meta = json.loads((resolved.folder / META_FILE).read_text(encoding="utf-8"))
+        meta_path = resolved.folder / META_FILE
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # loading would refuse it too: say so before the job starts
+            raise CheckpointError(f"{meta_path} cannot be read as the model's metadata ({exc})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{meta_path} is not the model's metadata (a JSON object)")
     return ModelIdentity(resolved.identity_name, meta.get("weights_sha256"), BundledScorer.default_mode,
                          BundledScorer.options_class)
 
