@@ -20,7 +20,6 @@ from humanaes.data.labels import (
     SUBSET_LABEL,
     _iter_json_lines,
     _read_subset_rows,
-    _write_jsonl,
     split_files,
     subset_label_files,
 )
@@ -33,6 +32,7 @@ from humanaes.fsutil import (
     publish_dir,
     staging_dir,
 )
+from humanaes.io.jsonl import write_json_lines
 from humanaes.schema import DIMENSIONS, NUM_DIMENSIONS, OVERALL, score_to_level
 
 _IMAGE_COLUMNS = ("image", "image_name", "image_path", "file", "filename", "path")
@@ -51,13 +51,8 @@ def _read_table(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     """Yield (line, row dict, error) from a CSV (header required) or JSONL file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        for number, obj, err in _iter_json_lines(path):
-            if err:
-                yield number, {}, err
-            elif not isinstance(obj, dict):
-                yield number, {}, f"row must be a JSON object, got {type(obj).__name__}"
-            else:
-                yield number, obj, None
+        for number, obj, err in _iter_json_lines(path, objects=True):
+            yield number, obj or {}, err
         return
     if suffix not in (".csv", ".tsv"):
         raise DataError(f"{path}: unsupported table format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
@@ -463,7 +458,7 @@ def _build(
                 new_rows = [row for s, row, _ in planned if s == subset]
                 if new_rows or kept[subset]:
                     (tmp / subset).mkdir(exist_ok=True)
-                    _write_jsonl(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
+                    write_json_lines(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
                     written[subset] = len(new_rows)
             for name, lines in splits.items():
                 if lines is not None:

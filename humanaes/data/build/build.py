@@ -38,6 +38,7 @@ from humanaes.data.build.probe import ProbeSettings
 from humanaes.data.build.sources import SourceRow, SourceTable, read_source
 from humanaes.data.build.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
 from humanaes.errors import DataError, HumanAesError
+from humanaes.io.jsonl import write_json_lines
 from humanaes.schema import score_to_level
 
 REPORT_JSON = "build_report.json"
@@ -334,12 +335,6 @@ def _deduplicate(items: list[_Item], filters: Filters) -> None:
 # -- the build -----------------------------------------------------------------------------------------
 
 
-def _write_json_lines(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    from humanaes.fsutil import atomic_write
-
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def _source_report(table: SourceTable, items: list[_Item], splits: dict[str, str]) -> dict[str, Any]:
     kept = [i for i in items if i.reason is None]
     normalised = [table.normalise(i.row.raw_score) for i in kept]
@@ -474,7 +469,7 @@ def build_dataset(
                 if table.spec.licence:
                     row["licence"] = table.spec.licence
                 rows.append(row)
-            _write_json_lines(staging / BUILD_SUBSET / D.SUBSET_LABEL, rows)
+            write_json_lines(staging / BUILD_SUBSET / D.SUBSET_LABEL, rows)
             D.split_dataset(staging, test_ratio=spec.test_ratio, seed=spec.seed)
             splits = {}
             for split in ("train", "test"):
@@ -486,7 +481,7 @@ def build_dataset(
                  "path": str(i.row.path), "kept_path": str(i.kept) if i.kept else None}
                 for i in items if i.reason is not None
             ]
-            _write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k not in ("path", "kept_path")} for d in drops))
+            write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k not in ("path", "kept_path")} for d in drops))
             sheets: dict[str, Any] = {}
             if drops:
                 (staging / SHEETS_DIR).mkdir()

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from humanaes.data.build.spec import SourceSpec, read_text_file
 from humanaes.errors import DataError
+from humanaes.io.jsonl import json_lines
 
 #: Score decimals in the label files (as the shared HumanBeauty copy).
 DECIMALS = 6
@@ -52,15 +53,9 @@ def _records(path: Path, where: str) -> tuple[list[str], Iterator[tuple[int, dic
     if suffix in (".jsonl", ".ndjson"):
         rows: list[tuple[int, dict[str, Any]]] = []
         columns: dict[str, None] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: {path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: {path}:{number}: a row must be a JSON object, got {type(obj).__name__}")
+        for number, obj, problem in json_lines(text, objects=True):
+            if problem:
+                raise DataError(f"{where}: {path}:{number}: {problem}")
             columns.update(dict.fromkeys(obj))
             rows.append((number, obj))
         return list(columns), iter(rows)
