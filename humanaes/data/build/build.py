@@ -38,6 +38,7 @@ from humanaes.data.build.probe import ProbeSettings
 from humanaes.data.build.sources import SourceRow, SourceTable, read_source
 from humanaes.data.build.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
 from humanaes.errors import DataError, HumanAesError
+from humanaes.fsutil import OutputLock, atomic_write, file_sha256, publish_dir, staging_dir
 from humanaes.io.jsonl import write_json_lines
 from humanaes.schema import score_to_level
 
@@ -86,17 +87,9 @@ class BuildResult:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprint(spec: BuildSpec) -> str:
     """What makes a build the same build: the spec's content and each source table's bytes."""
-    parts = {"spec": spec.canonical(), "tables": {s.name: _sha256_file(s.table) for s in spec.sources}}
+    parts = {"spec": spec.canonical(), "tables": {s.name: file_sha256(s.table) for s in spec.sources}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -409,7 +402,6 @@ def build_dataset(
     HumanAesError (one line) for bad input; BuildInterrupted on Ctrl-C while probing (resumable).
     """
     from humanaes import data as D
-    from humanaes.fsutil import OutputLock, atomic_write, publish_dir, staging_dir
 
     say = log or (lambda _message: None)
     out = Path(os.path.abspath(out))
