@@ -37,6 +37,16 @@ from humanaes.schema import DIMENSIONS, NUM_DIMENSIONS, OVERALL, score_to_level
 
 _IMAGE_COLUMNS = ("image", "image_name", "image_path", "file", "filename", "path")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: How many bad rows an import error lists before "... and N more".
+SHOWN_PROBLEMS = 20
+
+
+def problems_error(problems: list[str], what: str) -> DataError:
+    """One DataError listing the first SHOWN_PROBLEMS problems (each `file:line: cause`) and how
+    many more there are; `what` names the file and what did not happen."""
+    shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return DataError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
 
 
 def _slug(text: str) -> str:
@@ -370,9 +380,7 @@ def _plan_rows(table: Path, images: Path, source: str, lo: float, hi: float) -> 
         }
         planned.append((subset, row, real))
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} problem(s) in {table}, nothing imported:\n  {shown}{more}")
+        raise problems_error(problems, f"{table}, nothing imported")
     if not planned:
         raise DataError(f"{table} has no data rows; nothing imported")
     return planned

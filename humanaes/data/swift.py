@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from humanaes.data import EXPERT_SUBSET, OVERALL_SUBSET, SPLIT_SUFFIX, SUBSET_LABEL, Sample, load_samples
+from humanaes.data.importer import problems_error
 from humanaes.errors import DataError
 from humanaes.fsutil import OutputLock, publish_dir, staging_dir
 from humanaes.io.jsonl import json_lines, write_json_lines
@@ -37,7 +38,6 @@ from humanaes.schema import LEVELS, NUM_DIMENSIONS, OVERALL
 SWIFT_KEYS: tuple[str, ...] = ("query", "response", "history", "images", "scores", "is_expert")
 _OVERALL_RESPONSE = re.compile(re.escape(ANSWER_PREFIX) + r" (" + "|".join(LEVELS) + r")")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_SHOWN_PROBLEMS = 20
 
 
 def swift_row(sample: Sample) -> dict[str, Any]:
@@ -62,12 +62,6 @@ def swift_row(sample: Sample) -> dict[str, Any]:
     }
 
 
-def _problems_error(problems: list[str], what: str) -> DataError:
-    shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
-    more = f"\n  ... and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
-    return DataError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
-
-
 def export_swift(root: str | os.PathLike, out: str | os.PathLike, *, split: str = "train") -> dict[str, Any]:
     """Write the ms-swift JSONL of ROOT's `<split>_label.jsonl` (or of one label file) to `out`.
 
@@ -85,7 +79,7 @@ def export_swift(root: str | os.PathLike, out: str | os.PathLike, *, split: str 
         raise DataError(f"{root}: the {split} split has no rows; nothing to export")
     missing = [f"{s.where}: image {s.image} not found" for s in samples if not s.image.is_file()]
     if missing:
-        raise _problems_error(missing, f"{root}, nothing exported")
+        raise problems_error(missing, f"{root}, nothing exported")
     rows = [swift_row(s) for s in samples]
     with OutputLock(out):
         write_json_lines(out, rows)
@@ -224,7 +218,7 @@ def import_swift(
         else:
             rows.append((OVERALL_SUBSET, image, {**label, "score": scores[OVERALL], "text_level": level}, False))
     if problems:
-        raise _problems_error(problems, f"{file}, nothing imported")
+        raise problems_error(problems, f"{file}, nothing imported")
     if not rows:
         raise DataError(f"{file} has no rows; nothing imported")
     inside = next((image for _, image, _, _ in rows if image.resolve().is_relative_to(out.resolve())), None)
