@@ -37,6 +37,12 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def is_within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies below it, compared as strings: the caller normalises or
+    resolves both first (`/data/imagesX` is not below `/data/images`)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def fsync_dir(path: Path) -> None:
     """Make the directory entries of folder `path` durable (a no-op where the OS cannot)."""
     try:

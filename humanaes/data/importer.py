@@ -28,6 +28,7 @@ from humanaes.fsutil import (
     NotRegularFileError,
     OutputLock,
     atomic_write,
+    is_within,
     open_regular,
     publish_dir,
     staging_dir,
@@ -152,10 +153,6 @@ def _show(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _confined_image(name: str, images: Path, images_real: str) -> tuple[str, str]:
     """(real path, path relative to --images) of row image `name`; ValueError naming the cause.
 
@@ -166,10 +163,10 @@ def _confined_image(name: str, images: Path, images_real: str) -> tuple[str, str
         raise ValueError(f"image name {_show(name)} contains a NUL byte")
     lexical = os.path.normpath(os.path.join(os.path.abspath(images), name))
     root = os.path.normpath(os.path.abspath(images))
-    if not _inside(lexical, root):
+    if not is_within(lexical, root):
         raise ValueError(f"image {_show(name)} lies outside --images {images}; only files under --images are imported")
     real = os.path.realpath(lexical)
-    if not _inside(real, images_real):
+    if not is_within(real, images_real):
         raise ValueError(f"image {_show(name)} is a symlink leading outside --images {images} (to {_show(real)}); not imported")
     return real, os.path.relpath(lexical, root)
 

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from humanaes.data.build.spec import SourceSpec, read_text_file
 from humanaes.errors import DataError
+from humanaes.fsutil import is_within
 from humanaes.io.jsonl import json_lines
 
 #: Score decimals in the label files (as the shared HumanBeauty copy).
@@ -96,11 +97,6 @@ def _column(wanted: str, columns: list[str], kind: str, where: str, path: Path) 
     raise DataError(f"{where}: table {path} has no {kind} column {wanted!r} (columns found: {found}); set {kind}_column in the spec")
 
 
-def _inside(root_real: str, candidate: Path) -> bool:
-    real = os.path.realpath(candidate)
-    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
-
-
 def read_source(spec: SourceSpec) -> SourceTable:
     """Read and check a source's table: columns, numbers, range, image paths (not the images)."""
     where = f"source {spec.name!r}"
@@ -131,7 +127,7 @@ def read_source(spec: SourceSpec) -> SourceTable:
         candidate = Path(image.strip())
         if not candidate.is_absolute():
             candidate = spec.images / candidate
-        if not _inside(root_real, candidate):
+        if not is_within(os.path.realpath(candidate), root_real):
             raise DataError(f"{at}: image path {image.strip()!r} escapes the source's image folder {spec.images}")
         rel = Path(os.path.relpath(os.path.abspath(candidate), os.path.abspath(spec.images))).as_posix()
         if rel.startswith("../"):  # inside by realpath but outside by name (a symlinked root)
