@@ -494,3 +494,14 @@ def test_tsv_with_bom_and_case_insensitive_columns_is_read(tmp_path):
     table = read_source(SourceSpec("T", tmp_path / "t.tsv", tmp_path, "file name", "mos", None))
     assert [(r.rel, r.raw_score, r.line) for r in table.rows] == [("a b/x, y.jpg", 2.5, 2), ("z.jpg", 4.5, 3)]
     assert table.scale == (2.5, 4.5) and table.normalise(3.0) == 0.25 and table.normalise(4.5) == 1.0
+
+
+def test_probe_cache_skips_a_torn_last_line(tmp_path):
+    # Bug caught: the cut-short last line of a killed run makes the resumed build fail (or keep junk).
+    from humanaes.data.build.build import _read_cache
+
+    cache = tmp_path / "probe-x.jsonl"
+    good = json.dumps({"key": "a\0 1\0 2", "facts": {"sha256": "00"}}, sort_keys=True)
+    cache.write_text(f"{good}\n[1]\n{{\"key\": \"b\", \"facts\": 3}}\n{{\"key\": \"c\", \"fa", encoding="utf-8")
+    assert _read_cache(cache) == {"a\0 1\0 2": {"sha256": "00"}}
+    assert _read_cache(tmp_path / "none.jsonl") == {}

@@ -39,7 +39,7 @@ from humanaes.data.build.sources import SourceRow, SourceTable, read_source
 from humanaes.data.build.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
 from humanaes.errors import DataError, HumanAesError
 from humanaes.fsutil import OutputLock, atomic_write, file_sha256, publish_dir, staging_dir
-from humanaes.io.jsonl import write_json_lines
+from humanaes.io.jsonl import json_lines, write_json_lines
 from humanaes.schema import score_to_level
 
 REPORT_JSON = "build_report.json"
@@ -195,11 +195,8 @@ def _read_cache(cache: Path) -> dict[str, dict[str, Any]]:
     if not cache.is_file():
         return done
     with cache.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # the last line of a killed run may be cut short
-                continue
+        # A line that is not JSON (the last one of a killed run may be cut short) is None: skipped.
+        for _, entry, _ in json_lines(handle):
             if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("facts"), dict):
                 done[entry["key"]] = entry["facts"]
     return done
