@@ -325,6 +325,19 @@ def test_missing_table_and_missing_column_name_the_cause(tiny, tmp_path):
     assert "no score column 'rating'" in message and "columns found: 'image', 'score'" in message
 
 
+def test_score_that_is_no_finite_number_is_refused(tiny, tmp_path):
+    # Bug caught: a text, a NaN or a JSON true taken as a score (float("nan"), float(True) == 1.0).
+    table = tmp_path / "src" / "t.csv"
+    original = table.read_text()
+    for cell, needle in [("lots", "score must be a number, got 'lots'"), (" nan ", "score must be finite, got ' nan '")]:
+        table.write_text(original.replace(",3\n", f",{cell}\n"))
+        assert f"t.csv:3: {needle}" in _error(tiny(), tmp_path / "o")
+    rows = [{"image": p.name, "score": 5} for p in sorted((tmp_path / "src").glob("*.png"))]
+    rows[1]["score"] = True
+    (tmp_path / "src" / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "t.jsonl:2: score must be a number, got True" in _error(tiny(table="src/t.jsonl"), tmp_path / "o")
+
+
 def test_score_outside_range_and_single_score_are_refused(tiny, tmp_path):
     table = tmp_path / "src" / "t.csv"
     table.write_text(table.read_text().replace(",3\n", ",11\n"))

@@ -92,7 +92,9 @@ def _read_table(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
             raise DataError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
 
 
-def _number(value: Any, what: str) -> float:
+def parse_number(value: Any, what: str) -> float:
+    """A raw score cell as a finite float (JSON number or text, surrounding spaces ignored; a
+    boolean is not a number); ValueError naming `what` and the value otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number, got {value!r}")
     try:
@@ -127,9 +129,9 @@ def _parse_import_row(row: dict[str, Any]) -> tuple[str, float | None, list[floa
     if dims is not None:
         if not isinstance(dims, list) or len(dims) != NUM_DIMENSIONS:
             raise ValueError(f"dimension scores must be {NUM_DIMENSIONS} numbers in the reference order")
-        values = [_number(v, DIMENSIONS[i]) for i, v in enumerate(dims)]
+        values = [parse_number(v, DIMENSIONS[i]) for i, v in enumerate(dims)]
         if score not in (None, ""):
-            overall = _number(score, "score")
+            overall = parse_number(score, "score")
             if abs(overall - values[OVERALL]) > 1e-6 * max(1.0, abs(overall)):
                 raise ValueError(
                     f"score {overall} disagrees with the Comprehensive Aesthetic Score {values[OVERALL]}; "
@@ -138,7 +140,7 @@ def _parse_import_row(row: dict[str, Any]) -> tuple[str, float | None, list[floa
         return image.strip(), values[OVERALL], values
     if score in (None, ""):
         raise ValueError("no score")
-    return image.strip(), _number(score, "score"), None
+    return image.strip(), parse_number(score, "score"), None
 
 
 # -- confinement: every image read lies under --images, every write and removal under --out ----

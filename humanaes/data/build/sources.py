@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from humanaes.data.build.spec import SourceSpec, read_text_file
+from humanaes.data.importer import parse_number
 from humanaes.errors import DataError
 from humanaes.fsutil import is_within
 from humanaes.io.jsonl import json_lines
@@ -112,15 +113,10 @@ def read_source(spec: SourceSpec) -> SourceTable:
         image = record.get(image_key)
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{at}: image path must be a non-empty string, got {image!r}")
-        value = record.get(score_key)
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            score = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise DataError(f"{at}: score must be a number, got {value!r}") from None
-        if not math.isfinite(score):
-            raise DataError(f"{at}: score must be finite, got {value!r}")
+            score = parse_number(record.get(score_key), "score")
+        except ValueError as exc:
+            raise DataError(f"{at}: {exc}") from None
         if spec.raw_range is not None and not (spec.raw_range[0] <= score <= spec.raw_range[1]):
             lo, hi = spec.raw_range
             raise DataError(f"{at}: score {score:g} is outside the declared range [{lo:g}, {hi:g}]; fix the row or the spec's `range`")
