@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -25,6 +26,21 @@ from pathlib import Path
 from typing import IO, Any
 
 from humanaes.errors import HumanAesError
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB pieces (weights and tables may be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_within(path: str, root: str) -> bool:
+    """Whether `path` is `root` or lies below it, compared as strings: the caller normalises or
+    resolves both first (`/data/imagesX` is not below `/data/images`)."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def fsync_dir(path: Path) -> None:

@@ -297,3 +297,23 @@ def test_staging_dir_is_private_named_published_whole_or_removed(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ds"] and (final / "rows.jsonl").read_text() == "{}\n"
     with staging_dir(final, mode=0o750) as tmp:
         assert tmp.stat().st_mode & 0o777 == 0o750
+
+
+def test_json_lines_cuts_only_at_line_ends_and_names_bad_rows():
+    """The one JSONL reader (label files, source tables, ms-swift files, batch manifests): a
+    JSON string may hold U+2028 / U+0085 raw, which str.splitlines() would cut in two."""
+    from humanaes.io.jsonl import json_lines
+
+    text = '{"image": "a\u2028b\u0085.png"}\r\n\n  \n[1, 2]\r{"x": }\n'
+    assert list(json_lines(text)) == [(1, {"image": "a\u2028b\u0085.png"}, None), (4, [1, 2], None),
+                                      (5, None, "not valid JSON (Expecting value at column 7)")]
+    assert list(json_lines(text, objects=True))[1] == (4, None, "row must be a JSON object, got list")
+
+
+def test_is_within_is_by_path_component_not_by_prefix():
+    # Bug caught: a bare startswith() takes /d/imagesX (a sibling) for a file under /d/images.
+    from humanaes.fsutil import is_within
+
+    assert is_within("/d/images", "/d/images") and is_within("/d/images/a/b.png", "/d/images")
+    assert is_within("/d/images/a.png", "/d/images/") and is_within("/etc", "/")
+    assert not is_within("/d/imagesX/a.png", "/d/images") and not is_within("/d", "/d/images")

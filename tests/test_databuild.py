@@ -325,6 +325,19 @@ def test_missing_table_and_missing_column_name_the_cause(tiny, tmp_path):
     assert "no score column 'rating'" in message and "columns found: 'image', 'score'" in message
 
 
+def test_score_that_is_no_finite_number_is_refused(tiny, tmp_path):
+    # Bug caught: a text, a NaN or a JSON true taken as a score (float("nan"), float(True) == 1.0).
+    table = tmp_path / "src" / "t.csv"
+    original = table.read_text()
+    for cell, needle in [("lots", "score must be a number, got 'lots'"), (" nan ", "score must be finite, got ' nan '")]:
+        table.write_text(original.replace(",3\n", f",{cell}\n"))
+        assert f"t.csv:3: {needle}" in _error(tiny(), tmp_path / "o")
+    rows = [{"image": p.name, "score": 5} for p in sorted((tmp_path / "src").glob("*.png"))]
+    rows[1]["score"] = True
+    (tmp_path / "src" / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert "t.jsonl:2: score must be a number, got True" in _error(tiny(table="src/t.jsonl"), tmp_path / "o")
+
+
 def test_score_outside_range_and_single_score_are_refused(tiny, tmp_path):
     table = tmp_path / "src" / "t.csv"
     table.write_text(table.read_text().replace(",3\n", ",11\n"))
@@ -494,3 +507,14 @@ def test_tsv_with_bom_and_case_insensitive_columns_is_read(tmp_path):
     table = read_source(SourceSpec("T", tmp_path / "t.tsv", tmp_path, "file name", "mos", None))
     assert [(r.rel, r.raw_score, r.line) for r in table.rows] == [("a b/x, y.jpg", 2.5, 2), ("z.jpg", 4.5, 3)]
     assert table.scale == (2.5, 4.5) and table.normalise(3.0) == 0.25 and table.normalise(4.5) == 1.0
+
+
+def test_probe_cache_skips_a_torn_last_line(tmp_path):
+    # Bug caught: the cut-short last line of a killed run makes the resumed build fail (or keep junk).
+    from humanaes.data.build.build import _read_cache
+
+    cache = tmp_path / "probe-x.jsonl"
+    good = json.dumps({"key": "a\0 1\0 2", "facts": {"sha256": "00"}}, sort_keys=True)
+    cache.write_text(f"{good}\n[1]\n{{\"key\": \"b\", \"facts\": 3}}\n{{\"key\": \"c\", \"fa", encoding="utf-8")
+    assert _read_cache(cache) == {"a\0 1\0 2": {"sha256": "00"}}
+    assert _read_cache(tmp_path / "none.jsonl") == {}

@@ -585,3 +585,15 @@ def test_report_thumbnails_images_with_undecodable_names(tmp_path: Path, photos:
     key = hio.image_key(os.fsencode(raw))
     assert key.startswith("bytes:")
     assert thumbnail_data_uri(key) is not None
+
+
+def test_an_existing_jsonl_out_that_is_not_ours_is_refused_naming_the_line(tmp_path: Path) -> None:
+    # Bug caught: a foreign --out .jsonl is taken as results (or crashes) instead of a one-line refusal.
+    from humanaes.errors import HumanAesError
+
+    out = tmp_path / "s.jsonl"
+    good = json.dumps({"image": "/x/a\u2028b.png"}, ensure_ascii=False)
+    for body, needle in [(f"{good}\nnope\n", "line 2 is not JSON"), (f"{good}\n\n[1]\n", "line 3 has no 'image' field")]:
+        out.write_text(body, encoding="utf-8")
+        with pytest.raises(HumanAesError, match=needle):
+            hio.open_writer(out, "jsonl", warn=lambda message: None)

@@ -20,7 +20,6 @@ from humanaes.data.labels import (
     SUBSET_LABEL,
     _iter_json_lines,
     _read_subset_rows,
-    _write_jsonl,
     split_files,
     subset_label_files,
 )
@@ -29,14 +28,26 @@ from humanaes.fsutil import (
     NotRegularFileError,
     OutputLock,
     atomic_write,
+    is_within,
     open_regular,
     publish_dir,
     staging_dir,
 )
+from humanaes.io.jsonl import write_json_lines
 from humanaes.schema import DIMENSIONS, NUM_DIMENSIONS, OVERALL, score_to_level
 
 _IMAGE_COLUMNS = ("image", "image_name", "image_path", "file", "filename", "path")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+#: How many bad rows an import error lists before "... and N more".
+SHOWN_PROBLEMS = 20
+
+
+def problems_error(problems: list[str], what: str) -> DataError:
+    """One DataError listing the first SHOWN_PROBLEMS problems (each `file:line: cause`) and how
+    many more there are; `what` names the file and what did not happen."""
+    shown = "\n  ".join(problems[:SHOWN_PROBLEMS])
+    more = f"\n  ... and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    return DataError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
 
 
 def _slug(text: str) -> str:
@@ -51,13 +62,8 @@ def _read_table(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
     """Yield (line, row dict, error) from a CSV (header required) or JSONL file."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        for number, obj, err in _iter_json_lines(path):
-            if err:
-                yield number, {}, err
-            elif not isinstance(obj, dict):
-                yield number, {}, f"row must be a JSON object, got {type(obj).__name__}"
-            else:
-                yield number, obj, None
+        for number, obj, err in _iter_json_lines(path, objects=True):
+            yield number, obj or {}, err
         return
     if suffix not in (".csv", ".tsv"):
         raise DataError(f"{path}: unsupported table format {suffix or '(none)'}; use .csv, .tsv or .jsonl")
@@ -86,7 +92,9 @@ def _read_table(path: Path) -> Iterator[tuple[int, dict[str, Any], str | None]]:
             raise DataError(f"{path} is not UTF-8 text; re-save it as UTF-8") from None
 
 
-def _number(value: Any, what: str) -> float:
+def parse_number(value: Any, what: str) -> float:
+    """A raw score cell as a finite float (JSON number or text, surrounding spaces ignored; a
+    boolean is not a number); ValueError naming `what` and the value otherwise."""
     if isinstance(value, bool):
         raise ValueError(f"{what} must be a number, got {value!r}")
     try:
@@ -121,9 +129,9 @@ def _parse_import_row(row: dict[str, Any]) -> tuple[str, float | None, list[floa
     if dims is not None:
         if not isinstance(dims, list) or len(dims) != NUM_DIMENSIONS:
             raise ValueError(f"dimension scores must be {NUM_DIMENSIONS} numbers in the reference order")
-        values = [_number(v, DIMENSIONS[i]) for i, v in enumerate(dims)]
+        values = [parse_number(v, DIMENSIONS[i]) for i, v in enumerate(dims)]
         if score not in (None, ""):
-            overall = _number(score, "score")
+            overall = parse_number(score, "score")
             if abs(overall - values[OVERALL]) > 1e-6 * max(1.0, abs(overall)):
                 raise ValueError(
                     f"score {overall} disagrees with the Comprehensive Aesthetic Score {values[OVERALL]}; "
@@ -132,7 +140,7 @@ def _parse_import_row(row: dict[str, Any]) -> tuple[str, float | None, list[floa
         return image.strip(), values[OVERALL], values
     if score in (None, ""):
         raise ValueError("no score")
-    return image.strip(), _number(score, "score"), None
+    return image.strip(), parse_number(score, "score"), None
 
 
 # -- confinement: every image read lies under --images, every write and removal under --out ----
@@ -147,10 +155,6 @@ def _show(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _confined_image(name: str, images: Path, images_real: str) -> tuple[str, str]:
     """(real path, path relative to --images) of row image `name`; ValueError naming the cause.
 
@@ -161,10 +165,10 @@ def _confined_image(name: str, images: Path, images_real: str) -> tuple[str, str
         raise ValueError(f"image name {_show(name)} contains a NUL byte")
     lexical = os.path.normpath(os.path.join(os.path.abspath(images), name))
     root = os.path.normpath(os.path.abspath(images))
-    if not _inside(lexical, root):
+    if not is_within(lexical, root):
         raise ValueError(f"image {_show(name)} lies outside --images {images}; only files under --images are imported")
     real = os.path.realpath(lexical)
-    if not _inside(real, images_real):
+    if not is_within(real, images_real):
         raise ValueError(f"image {_show(name)} is a symlink leading outside --images {images} (to {_show(real)}); not imported")
     return real, os.path.relpath(lexical, root)
 
@@ -375,9 +379,7 @@ def _plan_rows(table: Path, images: Path, source: str, lo: float, hi: float) -> 
         }
         planned.append((subset, row, real))
     if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} problem(s) in {table}, nothing imported:\n  {shown}{more}")
+        raise problems_error(problems, f"{table}, nothing imported")
     if not planned:
         raise DataError(f"{table} has no data rows; nothing imported")
     return planned
@@ -463,7 +465,7 @@ def _build(
                 new_rows = [row for s, row, _ in planned if s == subset]
                 if new_rows or kept[subset]:
                     (tmp / subset).mkdir(exist_ok=True)
-                    _write_jsonl(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
+                    write_json_lines(tmp / subset / SUBSET_LABEL, kept[subset] + new_rows)
                     written[subset] = len(new_rows)
             for name, lines in splits.items():
                 if lines is not None:

@@ -15,16 +15,15 @@ rows are read as overall-only. Extra keys (``raw_score``, ``raw_scale`` ...) are
 
 from __future__ import annotations
 
-import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from humanaes.errors import DataError
-from humanaes.fsutil import atomic_write
+from humanaes.io.jsonl import json_lines
 from humanaes.schema import DIMENSIONS, LEVELS, NUM_DIMENSIONS, OVERALL, score_to_level
 
 SPLIT_SUFFIX = "_label.jsonl"
@@ -174,8 +173,9 @@ def _check_row(obj: Any) -> _Row:
     )
 
 
-def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line number, parsed object or None, JSON error or None) for non-blank lines."""
+def _iter_json_lines(path: Path, *, objects: bool = False) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value or None, problem or None) of each non-blank line of a label file
+    (`humanaes.io.jsonl.json_lines`), its open and decoding errors as DataError."""
     try:
         # utf-8-sig: a byte order mark (as Windows editors write) is skipped, as in CSV imports.
         handle = path.open("r", encoding="utf-8-sig")
@@ -185,13 +185,7 @@ def _iter_json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         raise DataError(f"cannot read label file {path} ({exc.strerror or exc})") from None
     with handle:
         try:
-            for number, text in enumerate(handle, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    yield number, json.loads(text), None
-                except json.JSONDecodeError as exc:
-                    yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            yield from json_lines(handle, objects=objects)
         except UnicodeDecodeError:
             raise DataError(f"label file {path} is not UTF-8 text; re-save it as UTF-8") from None
 
@@ -284,8 +278,3 @@ def _read_subset_rows(label_file: Path) -> list[tuple[dict[str, Any], dict[str, 
     """(raw row, checked fields) of a subset label file; DataError on the first bad row."""
     return [(obj, fields) for _, obj, fields in _checked_rows(label_file)]
 
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Replace a label file atomically: a private random temp file beside it (never a fixed
-    name that a planted symlink could redirect), fsynced and renamed; readers see old or new."""
-    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

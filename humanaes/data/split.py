@@ -14,11 +14,11 @@ from humanaes.data.labels import (
     SPLIT_SUFFIX,
     SUBSET_LABEL,
     _read_subset_rows,
-    _write_jsonl,
     subset_label_files,
 )
 from humanaes.errors import DataError
 from humanaes.fsutil import OutputLock
+from humanaes.io.jsonl import write_json_lines
 
 
 def _group_seed(seed: int, *parts: str) -> int:
@@ -100,7 +100,7 @@ def split_dataset(
     with OutputLock(Path(os.path.realpath(root)), what="data set"):
         for name, rows in chosen.items():
             # Keep the subsets' file order inside each split: easier to diff and read.
-            _write_jsonl(outputs[name], (row for _, row in sorted(rows, key=lambda r: r[0])))
+            write_json_lines(outputs[name], (row for _, row in sorted(rows, key=lambda r: r[0])))
     return {
         "files": {name: str(p) for name, p in outputs.items()},
         "train": len(chosen["train"]),

@@ -19,7 +19,6 @@ label rows) cannot come back: imported rows get the source given to `import_swif
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -29,15 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from humanaes.data import EXPERT_SUBSET, OVERALL_SUBSET, SPLIT_SUFFIX, SUBSET_LABEL, Sample, load_samples
+from humanaes.data.importer import problems_error
 from humanaes.errors import DataError
-from humanaes.fsutil import OutputLock, atomic_write, publish_dir, staging_dir
+from humanaes.fsutil import OutputLock, publish_dir, staging_dir
+from humanaes.io.jsonl import json_lines, write_json_lines
 from humanaes.models.expert.prompts import ANSWER_PREFIX, expert_answer, overall_answer
 from humanaes.schema import LEVELS, NUM_DIMENSIONS, OVERALL
 
 SWIFT_KEYS: tuple[str, ...] = ("query", "response", "history", "images", "scores", "is_expert")
 _OVERALL_RESPONSE = re.compile(re.escape(ANSWER_PREFIX) + r" (" + "|".join(LEVELS) + r")")
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-_SHOWN_PROBLEMS = 20
 
 
 def swift_row(sample: Sample) -> dict[str, Any]:
@@ -62,12 +62,6 @@ def swift_row(sample: Sample) -> dict[str, Any]:
     }
 
 
-def _problems_error(problems: list[str], what: str) -> DataError:
-    shown = "\n  ".join(problems[:_SHOWN_PROBLEMS])
-    more = f"\n  ... and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
-    return DataError(f"{len(problems)} problem(s) in {what}:\n  {shown}{more}")
-
-
 def export_swift(root: str | os.PathLike, out: str | os.PathLike, *, split: str = "train") -> dict[str, Any]:
     """Write the ms-swift JSONL of ROOT's `<split>_label.jsonl` (or of one label file) to `out`.
 
@@ -85,10 +79,10 @@ def export_swift(root: str | os.PathLike, out: str | os.PathLike, *, split: str 
         raise DataError(f"{root}: the {split} split has no rows; nothing to export")
     missing = [f"{s.where}: image {s.image} not found" for s in samples if not s.image.is_file()]
     if missing:
-        raise _problems_error(missing, f"{root}, nothing exported")
-    text = "".join(json.dumps(swift_row(s), ensure_ascii=False) + "\n" for s in samples)
+        raise problems_error(missing, f"{root}, nothing exported")
+    rows = [swift_row(s) for s in samples]
     with OutputLock(out):
-        atomic_write(out, text)
+        write_json_lines(out, rows)
     expert = sum(1 for s in samples if s.scores is not None)
     return {"out": str(out), "rows": len(samples), "expert_rows": expert, "overall_rows": len(samples) - expert}
 
@@ -224,7 +218,7 @@ def import_swift(
         else:
             rows.append((OVERALL_SUBSET, image, {**label, "score": scores[OVERALL], "text_level": level}, False))
     if problems:
-        raise _problems_error(problems, f"{file}, nothing imported")
+        raise problems_error(problems, f"{file}, nothing imported")
     if not rows:
         raise DataError(f"{file} has no rows; nothing imported")
     inside = next((image for _, image, _, _ in rows if image.resolve().is_relative_to(out.resolve())), None)
@@ -256,7 +250,7 @@ def _refuse_existing(out: Path, force: bool) -> None:
 
 
 def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(line number, object, error) of each non-blank line."""
+    """(line number, object, error) of each non-blank line (the whole file is decoded first)."""
     try:
         with path.open("r", encoding="utf-8") as handle:
             lines = list(handle)
@@ -264,12 +258,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         raise DataError(f"{path} is not UTF-8 text") from None
     except OSError as exc:
         raise DataError(f"cannot read {path} ({exc.strerror or exc})") from None
-    for number, text in enumerate(lines, start=1):
-        if text.strip():
-            try:
-                yield number, json.loads(text), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+    return json_lines(lines)
 
 
 def _write_layout(tmp: Path, final: Path, rows: list[tuple[str, Path, dict[str, Any], bool]], split: str, copy: bool) -> None:
@@ -289,13 +278,11 @@ def _write_layout(tmp: Path, final: Path, rows: list[tuple[str, Path, dict[str, 
             hint = "" if copy else "; pass --copy to copy the images instead"
             raise DataError(f"cannot create {target} ({exc.strerror or exc}){hint}") from None
     for subset in sorted({r[0] for r in rows}):
-        lines = [json.dumps(label, ensure_ascii=False) + "\n" for s, _, label, _ in rows if s == subset]
-        atomic_write(tmp / subset / SUBSET_LABEL, "".join(lines))
-    split_lines = [
-        json.dumps({**label, "image_name": f"{subset}/images/{label['image_name']}", "is_expert": expert}, ensure_ascii=False) + "\n"
-        for subset, _, label, expert in rows
-    ]
-    atomic_write(tmp / f"{split}{SPLIT_SUFFIX}", "".join(split_lines))
+        write_json_lines(tmp / subset / SUBSET_LABEL, (label for s, _, label, _ in rows if s == subset))
+    write_json_lines(
+        tmp / f"{split}{SPLIT_SUFFIX}",
+        ({**label, "image_name": f"{subset}/images/{label['image_name']}", "is_expert": expert} for subset, _, label, expert in rows),
+    )
 
 
 __all__ = ["SWIFT_KEYS", "export_swift", "import_swift", "swift_row"]

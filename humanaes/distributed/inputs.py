@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from humanaes.errors import DataError, HumanAesError
+from humanaes.io.jsonl import json_lines
 
 #: manifest columns that name the image, in order of preference (as `humanaes score`)
 PATH_COLUMNS: tuple[str, ...] = ("image", "image_name", "path")
@@ -154,15 +154,9 @@ def read_manifest_table(name: str, data: bytes, suffix: str) -> list[dict[str, A
         return [{k: (v if v != "" else None) for k, v in row.items() if k is not None} for row in reader]
     if suffix == ".jsonl":
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{name}, line {lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{name}, line {lineno}: not a JSON object")
+        for lineno, row, problem in json_lines(text, objects=True):
+            if problem:
+                raise DataError(f"{name}, line {lineno}: {problem}")
             rows.append(row)
         return rows
     import io as _io

@@ -44,6 +44,7 @@ from typing import IO, Any, Protocol, TypeVar
 from humanaes.errors import HumanAesError
 from humanaes.fsutil import atomic_write, fsync_dir
 from humanaes.io.discovery import special_file_kind
+from humanaes.io.jsonl import json_lines
 from humanaes.io.rows import (
     BOOL_COLUMNS,
     COLUMNS,
@@ -428,16 +429,12 @@ def _read_jsonl_rows(path: Path, kind: str, warn: Warn) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise HumanAesError(f"--out {path} exists but is not a {kind} file; choose another --out") from None
     rows: list[dict[str, Any]] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
+    for lineno, row, not_json in json_lines(text):
+        if not_json:
             raise HumanAesError(
                 f"--out {path} exists but line {lineno} is not JSON, so it is not a humanaes {kind} output; "
                 "choose another --out"
-            ) from None
+            )
         if not isinstance(row, dict) or not isinstance(row.get("image"), str):
             raise HumanAesError(
                 f"--out {path} exists but line {lineno} has no 'image' field, so it is not a humanaes {kind} output; "

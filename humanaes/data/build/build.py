@@ -38,6 +38,8 @@ from humanaes.data.build.probe import ProbeSettings
 from humanaes.data.build.sources import SourceRow, SourceTable, read_source
 from humanaes.data.build.spec import BUILD_SUBSET, BuildSpec, Filters, load_spec
 from humanaes.errors import DataError, HumanAesError
+from humanaes.fsutil import OutputLock, atomic_write, file_sha256, publish_dir, staging_dir
+from humanaes.io.jsonl import json_lines, write_json_lines
 from humanaes.schema import score_to_level
 
 REPORT_JSON = "build_report.json"
@@ -85,17 +87,9 @@ class BuildResult:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def fingerprint(spec: BuildSpec) -> str:
     """What makes a build the same build: the spec's content and each source table's bytes."""
-    parts = {"spec": spec.canonical(), "tables": {s.name: _sha256_file(s.table) for s in spec.sources}}
+    parts = {"spec": spec.canonical(), "tables": {s.name: file_sha256(s.table) for s in spec.sources}}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -201,11 +195,8 @@ def _read_cache(cache: Path) -> dict[str, dict[str, Any]]:
     if not cache.is_file():
         return done
     with cache.open("r", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except ValueError:  # the last line of a killed run may be cut short
-                continue
+        # A line that is not JSON (the last one of a killed run may be cut short) is None: skipped.
+        for _, entry, _ in json_lines(handle):
             if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("facts"), dict):
                 done[entry["key"]] = entry["facts"]
     return done
@@ -334,12 +325,6 @@ def _deduplicate(items: list[_Item], filters: Filters) -> None:
 # -- the build -----------------------------------------------------------------------------------------
 
 
-def _write_json_lines(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    from humanaes.fsutil import atomic_write
-
-    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 def _source_report(table: SourceTable, items: list[_Item], splits: dict[str, str]) -> dict[str, Any]:
     kept = [i for i in items if i.reason is None]
     normalised = [table.normalise(i.row.raw_score) for i in kept]
@@ -414,7 +399,6 @@ def build_dataset(
     HumanAesError (one line) for bad input; BuildInterrupted on Ctrl-C while probing (resumable).
     """
     from humanaes import data as D
-    from humanaes.fsutil import OutputLock, atomic_write, publish_dir, staging_dir
 
     say = log or (lambda _message: None)
     out = Path(os.path.abspath(out))
@@ -474,7 +458,7 @@ def build_dataset(
                 if table.spec.licence:
                     row["licence"] = table.spec.licence
                 rows.append(row)
-            _write_json_lines(staging / BUILD_SUBSET / D.SUBSET_LABEL, rows)
+            write_json_lines(staging / BUILD_SUBSET / D.SUBSET_LABEL, rows)
             D.split_dataset(staging, test_ratio=spec.test_ratio, seed=spec.seed)
             splits = {}
             for split in ("train", "test"):
@@ -486,7 +470,7 @@ def build_dataset(
                  "path": str(i.row.path), "kept_path": str(i.kept) if i.kept else None}
                 for i in items if i.reason is not None
             ]
-            _write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k not in ("path", "kept_path")} for d in drops))
+            write_json_lines(staging / DROPPED, ({k: v for k, v in d.items() if k not in ("path", "kept_path")} for d in drops))
             sheets: dict[str, Any] = {}
             if drops:
                 (staging / SHEETS_DIR).mkdir()

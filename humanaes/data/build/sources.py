@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from humanaes.data.build.spec import SourceSpec, read_text_file
+from humanaes.data.importer import parse_number
 from humanaes.errors import DataError
+from humanaes.fsutil import is_within
+from humanaes.io.jsonl import json_lines
 
 #: Score decimals in the label files (as the shared HumanBeauty copy).
 DECIMALS = 6
@@ -52,15 +55,9 @@ def _records(path: Path, where: str) -> tuple[list[str], Iterator[tuple[int, dic
     if suffix in (".jsonl", ".ndjson"):
         rows: list[tuple[int, dict[str, Any]]] = []
         columns: dict[str, None] = {}
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: {path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: {path}:{number}: a row must be a JSON object, got {type(obj).__name__}")
+        for number, obj, problem in json_lines(text, objects=True):
+            if problem:
+                raise DataError(f"{where}: {path}:{number}: {problem}")
             columns.update(dict.fromkeys(obj))
             rows.append((number, obj))
         return list(columns), iter(rows)
@@ -101,11 +98,6 @@ def _column(wanted: str, columns: list[str], kind: str, where: str, path: Path) 
     raise DataError(f"{where}: table {path} has no {kind} column {wanted!r} (columns found: {found}); set {kind}_column in the spec")
 
 
-def _inside(root_real: str, candidate: Path) -> bool:
-    real = os.path.realpath(candidate)
-    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
-
-
 def read_source(spec: SourceSpec) -> SourceTable:
     """Read and check a source's table: columns, numbers, range, image paths (not the images)."""
     where = f"source {spec.name!r}"
@@ -121,22 +113,17 @@ def read_source(spec: SourceSpec) -> SourceTable:
         image = record.get(image_key)
         if not isinstance(image, str) or not image.strip():
             raise DataError(f"{at}: image path must be a non-empty string, got {image!r}")
-        value = record.get(score_key)
         try:
-            if isinstance(value, bool):
-                raise ValueError
-            score = float(value.strip()) if isinstance(value, str) else float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            raise DataError(f"{at}: score must be a number, got {value!r}") from None
-        if not math.isfinite(score):
-            raise DataError(f"{at}: score must be finite, got {value!r}")
+            score = parse_number(record.get(score_key), "score")
+        except ValueError as exc:
+            raise DataError(f"{at}: {exc}") from None
         if spec.raw_range is not None and not (spec.raw_range[0] <= score <= spec.raw_range[1]):
             lo, hi = spec.raw_range
             raise DataError(f"{at}: score {score:g} is outside the declared range [{lo:g}, {hi:g}]; fix the row or the spec's `range`")
         candidate = Path(image.strip())
         if not candidate.is_absolute():
             candidate = spec.images / candidate
-        if not _inside(root_real, candidate):
+        if not is_within(os.path.realpath(candidate), root_real):
             raise DataError(f"{at}: image path {image.strip()!r} escapes the source's image folder {spec.images}")
         rel = Path(os.path.relpath(os.path.abspath(candidate), os.path.abspath(spec.images))).as_posix()
         if rel.startswith("../"):  # inside by realpath but outside by name (a symlinked root)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from humanaes.errors import CheckpointError, ModelNotFoundError
-from humanaes.fsutil import atomic_write
+from humanaes.fsutil import atomic_write, file_sha256
 from humanaes.models.mini.config import FaceConfig, MiniConfig
 from humanaes.models.mini.family import BUNDLED_NAME, META_FILE, WEIGHTS_FILE
 from humanaes.models.mini.modeling import FaceBranch, HumanAesMini, MiniEnsemble
@@ -57,14 +57,6 @@ LEGACY_HEAD_KEYS: dict[str, str] = {
 }
 #: The last format whose files need `LEGACY_HEAD_KEYS`.
 LEGACY_HEAD_KEYS_UNTIL = 2
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cnn_prefixes(model: HumanAesMini | MiniEnsemble) -> list[str]:
